@@ -1,0 +1,331 @@
+"""The Rasa glue: ``ZApiInput`` (the webhook) and ``ZApiOutput`` (the answers).
+
+Thin on purpose: deciding what a callback means lives in :mod:`zapi_channel.inbound`, shaping the
+answers in :mod:`zapi_channel.outbound`, HTTP in :mod:`zapi_channel.client`. This module only wires
+them to sanic and to Rasa's ``on_new_message``.
+
+``credentials.yml``::
+
+    zapi_channel.ZApiInput:
+      instance_id: ${ZAPI_INSTANCE_ID}
+      instance_token: ${ZAPI_INSTANCE_TOKEN}
+      client_token: ${ZAPI_CLIENT_TOKEN}
+      webhook_token: ${ZAPI_WEBHOOK_TOKEN}
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
+
+from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
+from sanic import Blueprint, response
+from sanic.request import Request
+from sanic.response import HTTPResponse
+
+from zapi_channel.client import ZApiClient
+from zapi_channel.config import ChannelConfig
+from zapi_channel.errors import ZApiError
+from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
+from zapi_channel.memory import Deduplicator, TTLCache
+from zapi_channel.outbound import (
+    Choice,
+    InvalidCustomPayload,
+    buttons_request,
+    choices_from_buttons,
+    custom_request,
+    document_extension,
+    file_name_of,
+    match_choice,
+    render_choices,
+    text_bodies,
+)
+from zapi_channel.workers import ConversationWorkers
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_NAME = "zapi"
+#: How long numbered choices stay answerable by their number.
+CHOICES_TTL_SECONDS = 24 * 3600
+
+
+class ZApiOutput(OutputChannel):
+    """Sends Rasa's answers through Z-API.
+
+    A failing send is logged and never raised: an exception here would make Rasa abort the turn
+    and not save the tracker, losing the customer's message as well.
+    """
+
+    @classmethod
+    def name(cls) -> str:
+        # Rasa picks a response's ``channel: zapi`` variant by comparing with this name.
+        return CHANNEL_NAME
+
+    def __init__(
+        self,
+        client: ZApiClient,
+        config: ChannelConfig,
+        choices: TTLCache[List[Choice]],
+    ) -> None:
+        self.client = client
+        self.config = config
+        self._choices = choices
+        #: Requests that Z-API did not accept, for the caller to inspect (tests, journals).
+        self.failures: List[Dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"ZApiOutput({self.client.credentials!r})"
+
+    async def _deliver(self, recipient_id: str, endpoint: str, body: Dict[str, Any]) -> bool:
+        request = {"phone": recipient_id, **body}
+        try:
+            await self.client.send(endpoint, request)
+        except ZApiError as exc:
+            logger.error(
+                "Z-API did not take an answer for %s (%s): %s", recipient_id, endpoint, exc
+            )
+            self.failures.append({"endpoint": endpoint, "body": request, "error": str(exc)})
+            return False
+        return True
+
+    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
+        for endpoint, body in text_bodies(
+            text, self.config.max_text_length, self.config.delay_typing
+        ):
+            if not await self._deliver(recipient_id, endpoint, body):
+                # The later parts would read as nonsense without this one.
+                return
+
+    async def send_image_url(self, recipient_id: str, image: str, **kwargs: Any) -> None:
+        await self._deliver(recipient_id, "send-image", {"image": image})
+
+    async def send_attachment(self, recipient_id: str, attachment: Any, **kwargs: Any) -> None:
+        url = attachment.get("url") if isinstance(attachment, dict) else attachment
+        if not isinstance(url, str) or not url.strip():
+            logger.warning("Skipping an attachment without a URL for %s", recipient_id)
+            return
+        url = url.strip()
+        mime = attachment.get("mime_type") if isinstance(attachment, dict) else None
+        extension = document_extension(url, mime if isinstance(mime, str) else None)
+        if extension is None:
+            # Not a file: WhatsApp shows a link preview instead.
+            await self._deliver(recipient_id, "send-link", {"message": url, "linkUrl": url})
+            return
+        body: Dict[str, Any] = {"document": url}
+        name = file_name_of(url)
+        if name:
+            body["fileName"] = name
+        await self._deliver(recipient_id, f"send-document/{extension}", body)
+
+    async def send_text_with_buttons(
+        self,
+        recipient_id: str,
+        text: str,
+        buttons: List[Dict[str, Any]],
+        **kwargs: Any,
+    ) -> None:
+        choices = choices_from_buttons(buttons)
+        if not choices:
+            await self.send_text_message(recipient_id, text or "")
+            return
+        # Remember the choices before sending: the customer may answer "2" right away.
+        self._choices.set(recipient_id, choices)
+        interactive = buttons_request(text or "", choices, self.config.buttons_as)
+        if interactive is not None:
+            endpoint, body = interactive
+            if await self._deliver(recipient_id, endpoint, body):
+                return
+            logger.warning("Falling back to a numbered text list for %s", recipient_id)
+        await self.send_text_message(recipient_id, render_choices(text or "", choices))
+
+    async def send_quick_replies(
+        self,
+        recipient_id: str,
+        text: str,
+        quick_replies: List[Dict[str, Any]],
+        **kwargs: Any,
+    ) -> None:
+        await self.send_text_with_buttons(recipient_id, text, quick_replies, **kwargs)
+
+    async def send_custom_json(
+        self, recipient_id: str, json_message: Dict[str, Any], **kwargs: Any
+    ) -> None:
+        try:
+            endpoint, body = custom_request(json_message)
+        except InvalidCustomPayload as exc:
+            logger.warning("Skipping a custom response for %s: %s", recipient_id, exc)
+            return
+        await self._deliver(recipient_id, endpoint, body)
+
+    async def send_elements(
+        self, recipient_id: str, elements: Iterable[Dict[str, Any]], **kwargs: Any
+    ) -> None:
+        for element in elements:
+            title = str(element.get("title") or "")
+            subtitle = str(element.get("subtitle") or "")
+            text = f"*{title}*\n{subtitle}".strip() if subtitle else f"*{title}*"
+            image = element.get("image_url")
+            if isinstance(image, str) and image:
+                await self.send_image_url(recipient_id, image)
+            await self.send_text_with_buttons(recipient_id, text, element.get("buttons") or [])
+
+
+class ZApiInput(InputChannel):
+    """Receives Z-API's webhooks at ``/webhooks/zapi/webhook?token=<webhook_token>``."""
+
+    @classmethod
+    def name(cls) -> str:
+        return CHANNEL_NAME
+
+    @classmethod
+    def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> ZApiInput:
+        return cls(ChannelConfig.from_mapping(credentials or {}))
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        *,
+        http_client: Optional[Any] = None,
+        deduplicator: Optional[Deduplicator] = None,
+    ) -> None:
+        self.config = config
+        self._http_client = http_client
+        self._client: Optional[ZApiClient] = None
+        self.dedup = deduplicator or Deduplicator()
+        self.choices: TTLCache[List[Choice]] = TTLCache(ttl=CHOICES_TTL_SECONDS, max_items=100_000)
+        self.workers = ConversationWorkers(config.max_concurrency)
+
+    def __repr__(self) -> str:
+        return f"ZApiInput({self.config!r})"
+
+    @property
+    def client(self) -> ZApiClient:
+        # Built on first use so that it lives in the server's event loop, not the one (if any)
+        # Rasa used while loading credentials.
+        if self._client is None:
+            self._client = ZApiClient(
+                self.config.credentials,
+                http_client=self._http_client,
+                timeout=self.config.timeout_seconds,
+            )
+        return self._client
+
+    def get_output_channel(self) -> ZApiOutput:
+        return ZApiOutput(self.client, self.config, self.choices)
+
+    async def close(self, grace_seconds: float = 10.0) -> None:
+        """Finish queued turns (up to ``grace_seconds``), then close the HTTP client."""
+        if not await self.workers.join(grace_seconds):
+            logger.warning(
+                "Stopped with %d customer message(s) still being processed", self.workers.pending
+            )
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- the webhook ------------------------------------------------------------------------------
+
+    def _authenticate(self, request: Request) -> Optional[HTTPResponse]:
+        tokens = request.args.getlist("token") if "token" in request.args else []
+        if not tokens:
+            return response.json({"error": "missing token"}, status=401)
+        # Exactly one token: "?token=wrong&token=right" must not pass by picking the good one.
+        given = tokens[0] if len(tokens) == 1 else ""
+        if not hmac.compare_digest(given.encode(), self.config.webhook_token.encode()):
+            return response.json({"error": "invalid token"}, status=403)
+        return None
+
+    def _decode(self, request: Request) -> Any:
+        if len(request.body or b"") > self.config.max_body_bytes:
+            return response.json({"error": "body too large"}, status=413)
+        try:
+            return json.loads(request.body or b"")
+        except (ValueError, RecursionError):
+            return response.json({"error": "the body is not JSON"}, status=400)
+
+    async def _turn(
+        self,
+        message: InboundMessage,
+        on_new_message: Callable[[UserMessage], Awaitable[Any]],
+    ) -> None:
+        text = message.text
+        metadata = dict(message.metadata)
+        # Read the choices in the worker, not in the request: an earlier message of this customer
+        # may still be producing the menu this answer refers to.
+        offered = self.choices.pop(message.phone)
+        if offered and message.kind == "text":
+            chosen = match_choice(text, offered)
+            if chosen is not None:
+                metadata["choice"] = {"title": chosen.title, "payload": chosen.payload}
+                text = chosen.payload
+        if self.config.mark_read:
+            try:
+                await self.client.read_message(message.phone, message.message_id)
+            except ZApiError as exc:
+                logger.warning("Could not mark message %s as read: %s", message.message_id, exc)
+        await on_new_message(
+            UserMessage(
+                text=text,
+                output_channel=self.get_output_channel(),
+                sender_id=message.phone,
+                input_channel=CHANNEL_NAME,
+                message_id=message.message_id,
+                metadata={CHANNEL_NAME: metadata},
+            )
+        )
+
+    def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
+        # A unique blueprint name per channel object: sanic refuses two blueprints of one name,
+        # and tests build several apps in one process.
+        bp = Blueprint(f"zapi_webhook_{id(self):x}", __name__)
+
+        async def health(request: Request) -> HTTPResponse:
+            return response.json(
+                {"status": "ok", "channel": CHANNEL_NAME, "active": self.config.active}
+            )
+
+        async def receive(request: Request) -> HTTPResponse:
+            refused = self._authenticate(request)
+            if refused is not None:
+                return refused
+            payload = self._decode(request)
+            if isinstance(payload, HTTPResponse):
+                return payload
+            parsed = parse_callback(payload, self.config)
+            if isinstance(parsed, Invalid):
+                return response.json({"error": parsed.reason}, status=400)
+            if isinstance(parsed, Ignored):
+                logger.debug("Ignored a Z-API callback: %s", parsed.reason)
+                return response.json({"status": "ignored", "reason": parsed.reason})
+            if isinstance(parsed, Event):
+                logger.log(parsed.level, "%s: %s", parsed.type, parsed.summary)
+                return response.json({"status": "logged"})
+            if not self.config.active:
+                logger.info(
+                    "The channel is inactive (active: false): dropped message %s",
+                    parsed.message_id,
+                )
+                return response.json({"status": "inactive"})
+            if not self.dedup.first_time(parsed.dedup_key):
+                logger.debug("Duplicate delivery of message %s ignored", parsed.message_id)
+                return response.json({"status": "duplicate"})
+
+            async def job(message: InboundMessage = parsed) -> None:
+                await self._turn(message, on_new_message)
+
+            self.workers.submit(parsed.phone, job)
+            return response.json({"status": "accepted"})
+
+        async def finish(app: Any, loop: Any) -> None:
+            await self.close()
+
+        # Registered by call rather than decorator: sanic's decorators are untyped.
+        bp.add_route(health, "/", methods=["GET"])
+        bp.add_route(receive, "/webhook", methods=["POST"])
+        bp.listener(finish, "before_server_stop")
+        return bp
+
+
+__all__ = ["CHANNEL_NAME", "ZApiInput", "ZApiOutput"]

@@ -1,0 +1,313 @@
+"""``zapi-channel``: the setup steps of a hosted panel, as a command line.
+
+Exit codes (stable, documented in the README):
+
+====  =====================================================================
+ 0    done
+ 1    Z-API answered with an error that is not about credentials
+ 2    usage or configuration error (a missing key, a bad option)
+ 3    invalid credentials: Z-API refused the instance id, token or Client-Token
+ 4    the instance is not connected to WhatsApp yet (scan the QR code)
+ 5    Z-API could not be reached (network, DNS, timeout)
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, TextIO
+
+from zapi_channel import setup
+from zapi_channel.client import ZApiClient
+from zapi_channel.config import ZApiCredentials, clean
+from zapi_channel.credstore import CredentialsFile
+from zapi_channel.errors import (
+    ConfigError,
+    InvalidCredentials,
+    NotConnected,
+    TransportError,
+    ZApiError,
+)
+
+EXIT_OK = 0
+EXIT_ZAPI_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INVALID_CREDENTIALS = 3
+EXIT_NOT_CONNECTED = 4
+EXIT_NETWORK = 5
+
+_PROMPTS = {
+    "instance_id": "Instance ID",
+    "instance_token": "Instance Token",
+    "client_token": "Account Security Token (Client-Token)",
+}
+
+_WHERE_TO_FIND = (
+    "Check the Instance ID and Instance Token on the instance's page of Z-API's dashboard, and the "
+    "Account Security Token under Security (it is sent as the Client-Token header)."
+)
+
+
+class _Out:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, *lines: str) -> None:
+        for line in lines:
+            print(line, file=self.stream)
+
+
+def _make_client(timeout: float) -> setup.ClientFactory:
+    def factory(credentials: ZApiCredentials) -> ZApiClient:
+        return ZApiClient(credentials, timeout=timeout)
+
+    return factory
+
+
+def _ask(key: str, given: Optional[str], stdin: TextIO) -> str:
+    """A credential from its option, or from a prompt that does not echo it."""
+    value = clean(given)
+    if value:
+        return value
+    if stdin.isatty():
+        return clean(getpass.getpass(f"{_PROMPTS[key]}: "))
+    # Piped input (scripts): one value per line, in the order of the prompts.
+    print(f"{_PROMPTS[key]}: ", end="", file=sys.stderr, flush=True)
+    return clean(stdin.readline())
+
+
+def _next_step_webhook(out: _Out, store: CredentialsFile, public_url: Optional[str]) -> None:
+    if public_url:
+        url = setup.webhook_url(public_url, setup.webhook_token_of(store))
+        out(
+            "",
+            "Next: in Z-API's dashboard open the instance, Webhooks, and paste this URL into",
+            '"On message received" (or run `zapi-channel register-webhook --public-url ...`):',
+            f"  {url}",
+        )
+    else:
+        out(
+            "",
+            'Next: get the webhook URL to paste into Z-API\'s "On message received":',
+            "  zapi-channel webhook-url --public-url https://<where rasa run is reachable>",
+        )
+
+
+async def _cmd_connect(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    values = {key: _ask(key, getattr(args, key), args.stdin) for key in _PROMPTS}
+    block = store.resolved_block()
+    base_url = clean(args.base_url) or clean(block.get("base_url")) or None
+    mapping: Dict[str, Any] = dict(values)
+    if base_url:
+        mapping["base_url"] = base_url
+    credentials = ZApiCredentials.from_mapping(mapping)
+    status = await setup.connect(store, credentials, _make_client(args.timeout))
+    if block.get("active") is False or clean(block.get("active")).lower() == "false":
+        store.write({"active": True})
+    out(f"Credentials are valid and saved to {store.path}.")
+    if status.connected:
+        out("Connected: the instance is paired with a WhatsApp number.")
+    else:
+        out(
+            "The instance is not connected yet: open Z-API's dashboard, scan the instance's QR "
+            "code with WhatsApp on the phone, then run `zapi-channel verify`."
+        )
+    _next_step_webhook(out, store, args.public_url)
+    return EXIT_OK
+
+
+async def _cmd_webhook_url(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    out(setup.webhook_url(args.public_url, setup.webhook_token_of(store)))
+    return EXIT_OK
+
+
+async def _cmd_register_webhook(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    url = await setup.register_webhook(store, args.public_url, _make_client(args.timeout))
+    out(
+        'Z-API will now post "On message received" to:',
+        f"  {url}",
+        "Next: send a WhatsApp message to the instance's number and watch rasa run's log.",
+    )
+    return EXIT_OK
+
+
+async def _cmd_verify(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    result = await setup.verify(setup.current_credentials(store), _make_client(args.timeout))
+    if result.connected:
+        out(f"Connected: WhatsApp number {result.phone or '(unknown)'}.")
+        return EXIT_OK
+    out(
+        "The instance is not connected yet"
+        + (f" (Z-API says: {result.status.error})" if result.status.error else "")
+        + ".",
+        "Open Z-API's dashboard, scan the instance's QR code with WhatsApp on the phone",
+        "(Settings > Linked devices > Link a device), then run `zapi-channel verify` again.",
+    )
+    return EXIT_NOT_CONNECTED
+
+
+async def _cmd_rotate(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    changes = {key: getattr(args, key) for key in _PROMPTS if getattr(args, key)}
+    if not changes:
+        if not args.stdin.isatty():
+            raise ConfigError(
+                "Give the new values with --instance-id, --instance-token and/or --client-token."
+            )
+        for key in _PROMPTS:
+            value = clean(getpass.getpass(f"New {_PROMPTS[key]} (Enter keeps the current one): "))
+            if value:
+                changes[key] = value
+    status = await setup.rotate(store, changes, _make_client(args.timeout))
+    out(
+        f"New credentials are valid and saved to {store.path}.",
+        "The webhook URL is unchanged: nothing to update on Z-API's side.",
+    )
+    if not status.connected:
+        out("Note: the instance is not connected yet; scan its QR code on Z-API's dashboard.")
+    return EXIT_OK
+
+
+async def _cmd_disconnect(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    confirmed = await setup.disconnect(store, _make_client(args.timeout))
+    out(
+        "Disconnected the WhatsApp session on Z-API"
+        + ("" if confirmed else " (Z-API did not confirm; it may already have been disconnected)")
+        + ".",
+        f"The channel is marked inactive (active: false in {store.path}): the bot answers no "
+        "webhook and sends nothing.",
+        "The Z-API instance itself still exists; delete it on Z-API's dashboard if you no longer "
+        "need it. To use it again: scan the QR code, then run `zapi-channel connect`.",
+    )
+    return EXIT_OK
+
+
+Command = Callable[[argparse.Namespace, CredentialsFile, _Out], Coroutine[Any, Any, int]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--credentials",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the credentials.yml to read and update (default: ./credentials.yml)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="seconds to wait for Z-API (default: 15)",
+    )
+
+    def creds_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--instance-id", dest="instance_id", help="the Instance ID")
+        sub.add_argument("--instance-token", dest="instance_token", help="the Instance Token")
+        sub.add_argument(
+            "--client-token", dest="client_token", help="the Account Security Token (Client-Token)"
+        )
+
+    parser = argparse.ArgumentParser(
+        prog="zapi-channel",
+        description="Set up the Z-API WhatsApp channel of a Rasa bot.",
+        parents=[common],
+        epilog="Exit codes: 0 done, 1 Z-API error, 2 usage/configuration, 3 invalid credentials, "
+        "4 not connected, 5 Z-API unreachable.",
+    )
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs.required = True
+
+    connect = subs.add_parser(
+        "connect", parents=[common], help="validate and save the three credentials"
+    )
+    creds_options(connect)
+    connect.add_argument("--public-url", help="https address of rasa run, to print the webhook URL")
+    connect.add_argument("--base-url", help="Z-API's address (default https://api.z-api.io)")
+    connect.set_defaults(handler=_cmd_connect)
+
+    url = subs.add_parser("webhook-url", parents=[common], help="print the webhook URL")
+    url.add_argument(
+        "--public-url", required=True, help="https address where rasa run is reachable"
+    )
+    url.set_defaults(handler=_cmd_webhook_url)
+
+    register = subs.add_parser(
+        "register-webhook", parents=[common], help='set Z-API\'s "On message received" URL'
+    )
+    register.add_argument("--public-url", required=True, help="https address of rasa run")
+    register.set_defaults(handler=_cmd_register_webhook)
+
+    verify = subs.add_parser("verify", parents=[common], help="check that WhatsApp is connected")
+    verify.set_defaults(handler=_cmd_verify)
+
+    rotate = subs.add_parser(
+        "rotate", parents=[common], help="replace credentials (validated before saving)"
+    )
+    creds_options(rotate)
+    rotate.set_defaults(handler=_cmd_rotate)
+
+    disconnect = subs.add_parser(
+        "disconnect", parents=[common], help="end the WhatsApp session and deactivate the channel"
+    )
+    disconnect.set_defaults(handler=_cmd_disconnect)
+    return parser
+
+
+def _explain(exc: ZApiError, command: str, out: _Out) -> int:
+    nothing = {
+        "connect": " Nothing was saved.",
+        "rotate": " The previous credentials are kept unchanged.",
+    }.get(command, "")
+    if isinstance(exc, InvalidCredentials):
+        out(f"Invalid credentials: {exc}.{nothing}", _WHERE_TO_FIND)
+        return EXIT_INVALID_CREDENTIALS
+    if isinstance(exc, NotConnected):
+        out(
+            f"The instance is not connected yet: {exc}.",
+            "Scan the instance's QR code on Z-API's dashboard, then run `zapi-channel verify`.",
+        )
+        return EXIT_NOT_CONNECTED
+    if isinstance(exc, TransportError):
+        out(f"Could not reach Z-API: {exc}.{nothing}", "Check the network and try again.")
+        return EXIT_NETWORK
+    if isinstance(exc, ConfigError):
+        out(f"Configuration error: {exc}{nothing}")
+        return EXIT_USAGE
+    out(f"Z-API error: {exc}.{nothing}")
+    return EXIT_ZAPI_ERROR
+
+
+def main(
+    argv: Optional[Sequence[str]] = None,
+    *,
+    stdout: TextIO = sys.stdout,
+    stdin: TextIO = sys.stdin,
+) -> int:
+    """Run the command line; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(list(argv) if argv is not None else None)
+    args.credentials = getattr(args, "credentials", Path("credentials.yml"))
+    args.timeout = getattr(args, "timeout", 15.0)
+    args.stdin = stdin
+    out = _Out(stdout)
+    store = CredentialsFile(args.credentials)
+    handler: Command = args.handler
+    try:
+        return asyncio.run(handler(args, store, out))
+    except ZApiError as exc:
+        return _explain(exc, args.command, out)
+    except KeyboardInterrupt:
+        out("Interrupted; nothing was saved.")
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+__all__: List[str] = ["main", "run"]

@@ -1,0 +1,92 @@
+"""Every exception zapi-channel raises.
+
+The tree::
+
+    ZApiError                      base: catch this to catch everything below
+    ├── ConfigError                credentials.yml / options are missing or malformed
+    ├── InvalidCredentials         Z-API refused the instance id, instance token or Client-Token
+    ├── NotConnected               the instance exists but no phone is paired (QR code not scanned)
+    ├── ZApiResponseError          any other answer Z-API gave that is not a success
+    │   └── SendNotAccepted        a send answered 2xx but carried no ``messageId``
+    └── TransportError             Z-API could not be reached (DNS, refused, TLS, ...)
+        └── ZApiTimeout            Z-API did not answer in time
+
+Low-level ``httpx`` errors are translated into this tree at exactly one place
+(:meth:`zapi_channel.client.ZApiClient.request`). Context is keyword-only and never holds a secret:
+the endpoint *name* (``"send-text"``), never the URL, because Z-API puts the instance token in the
+URL path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class ZApiError(Exception):
+    """Base class of every error raised by zapi-channel."""
+
+
+class ConfigError(ZApiError):
+    """The channel's configuration is missing something or holds a bad value."""
+
+
+class ZApiRequestError(ZApiError):
+    """An error tied to one call to one Z-API endpoint."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        status_code: Optional[int] = None,
+        zapi_error: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.status_code = status_code
+        self.zapi_error = zapi_error
+
+
+class InvalidCredentials(ZApiRequestError):
+    """Z-API does not accept the instance id, the instance token or the Client-Token."""
+
+
+class NotConnected(ZApiRequestError):
+    """The instance is valid but its WhatsApp session is not connected."""
+
+
+class ZApiResponseError(ZApiRequestError):
+    """Z-API answered, and the answer is not a success."""
+
+
+class SendNotAccepted(ZApiResponseError):
+    """A send was answered without a ``messageId``: Z-API did not queue the message."""
+
+
+class TransportError(ZApiRequestError):
+    """Z-API could not be reached, or the connection broke before an answer came.
+
+    ``request_sent`` tells whether the request may already have reached Z-API (a read timeout, a
+    connection dropped mid-answer): resending such a message could deliver it twice.
+    """
+
+    def __init__(self, message: str, *, endpoint: str, request_sent: bool) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.request_sent = request_sent
+
+
+class ZApiTimeout(TransportError):
+    """Z-API did not answer within the configured timeout."""
+
+
+__all__ = [
+    "ConfigError",
+    "InvalidCredentials",
+    "NotConnected",
+    "SendNotAccepted",
+    "TransportError",
+    "ZApiError",
+    "ZApiRequestError",
+    "ZApiResponseError",
+    "ZApiTimeout",
+]

@@ -1,0 +1,325 @@
+"""From a Z-API callback body to what the channel does with it. Pure: no I/O, no clock, no state.
+
+:func:`parse_callback` takes any decoded JSON value and returns exactly one of:
+
+- :class:`InboundMessage`: a customer said something; hand it to Rasa.
+- :class:`Ignored`: a valid callback that must not be answered (and why, for the debug log).
+- :class:`Event`: a delivery / status / connection callback; log it, never answer it.
+- :class:`Invalid`: not a Z-API callback at all; the webhook answers 400.
+
+Z-API documents the callbacks at https://developer.z-api.io/en/webhooks/on-message-received
+(and the sibling pages for delivery, message status, connected, disconnected and chat presence).
+Unknown fields never break parsing; camelCase becomes snake_case here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from zapi_channel.config import ChannelConfig
+
+#: Content objects that carry media, and the key of their URL inside the object.
+_MEDIA_URL_KEYS = {
+    "image": "imageUrl",
+    "audio": "audioUrl",
+    "video": "videoUrl",
+    "document": "documentUrl",
+    "sticker": "stickerUrl",
+}
+#: Kinds whose caption, when present, is what the customer "said".
+_CAPTIONED = ("image", "video", "document")
+#: Kinds with no text of their own: the bot receives the configured ``media_texts`` entry.
+_TEXTLESS = ("audio", "sticker", "location", "contact", "reaction")
+
+#: Envelope fields copied into ``metadata["zapi"]`` (Z-API name -> our name).
+_ENVELOPE = (
+    ("messageId", "message_id"),
+    ("phone", "phone"),
+    ("instanceId", "instance_id"),
+    ("senderName", "sender_name"),
+    ("chatName", "chat_name"),
+    ("chatLid", "chat_lid"),
+    ("senderLid", "sender_lid"),
+    ("connectedPhone", "connected_phone"),
+    ("momment", "momment"),
+    ("referenceMessageId", "reference_message_id"),
+    ("isGroup", "is_group"),
+    ("participantPhone", "participant_phone"),
+    ("participantLid", "participant_lid"),
+    ("senderPhoto", "sender_photo"),
+    ("photo", "photo"),
+    ("forwarded", "forwarded"),
+    ("fromApi", "from_api"),
+)
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One customer message, ready to become a Rasa ``UserMessage``."""
+
+    instance_id: str
+    message_id: str
+    phone: str
+    text: str
+    kind: str
+    metadata: Dict[str, Any]
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.instance_id}:{self.message_id}"
+
+
+@dataclass(frozen=True)
+class Ignored:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """A callback to log: ``level`` is a :mod:`logging` level, ``summary`` holds no secret."""
+
+    type: str
+    level: int
+    summary: str
+
+
+@dataclass(frozen=True)
+class Invalid:
+    reason: str
+
+
+Parsed = Union[InboundMessage, Ignored, Event, Invalid]
+
+
+def _str(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _flag(payload: Mapping[str, Any], key: str) -> bool:
+    # Z-API sends real booleans; a string "true" would be a malformed body, which is treated as
+    # "not set" rather than trusted.
+    return payload.get(key) is True
+
+
+def parse_callback(payload: Any, config: ChannelConfig) -> Parsed:
+    """Decide what a webhook body means for this channel."""
+    if not isinstance(payload, Mapping):
+        return Invalid("the body is not a JSON object")
+    kind = payload.get("type")
+    if not isinstance(kind, str) or not kind:
+        return Invalid("the body has no 'type': not a Z-API callback")
+    instance_id = payload.get("instanceId")
+    if instance_id != config.credentials.instance_id:
+        return Ignored("the callback's instanceId is not this channel's instance")
+    if kind == "ReceivedCallback":
+        return _received(payload, config, instance_id)
+    handler = _EVENTS.get(kind)
+    if handler is None:
+        return Ignored(f"unknown callback type {kind[:60]!r}")
+    return handler(payload)
+
+
+def _received(payload: Mapping[str, Any], config: ChannelConfig, instance_id: str) -> Parsed:
+    phone = _str(payload.get("phone"))
+    message_id = _str(payload.get("messageId"))
+    if phone is None:
+        return Invalid("a ReceivedCallback without 'phone'")
+    if message_id is None:
+        return Invalid("a ReceivedCallback without 'messageId'")
+
+    # Order matters only for the reason logged; every rule here means "do not answer".
+    if _flag(payload, "fromMe"):
+        return Ignored("our own message (fromMe): answering it would loop forever")
+    if payload.get("notification") is not None:
+        return Ignored(f"a system notification ({str(payload.get('notification'))[:40]})")
+    if _flag(payload, "waitingMessage"):
+        return Ignored("a 'waiting for this message' placeholder with no content")
+    if _flag(payload, "isNewsletter") or phone.endswith("@newsletter"):
+        return Ignored("a channel (newsletter) post")
+    if _flag(payload, "broadcast") or phone.endswith("@broadcast") or phone.endswith("-broadcast"):
+        return Ignored("a broadcast list or status message")
+    if _flag(payload, "isStatusReply"):
+        return Ignored("a reply to a WhatsApp status")
+    if _flag(payload, "isEdit"):
+        # The original message was already answered; answering the edit would answer twice.
+        return Ignored("an edit of an earlier message")
+    is_group = _flag(payload, "isGroup") or phone.endswith("-group") or phone.endswith("@g.us")
+    if is_group and not config.allow_groups:
+        return Ignored("a group message (set allow_groups: true to answer groups)")
+
+    content = _content(payload, config)
+    if isinstance(content, Ignored):
+        return content
+    content_kind, text, details = content
+    metadata: Dict[str, Any] = {ours: payload.get(theirs) for theirs, ours in _ENVELOPE}
+    metadata["is_group"] = is_group
+    metadata["kind"] = content_kind
+    metadata.update(details)
+    return InboundMessage(
+        instance_id=instance_id,
+        message_id=message_id,
+        phone=phone,
+        text=text,
+        kind=content_kind,
+        metadata=metadata,
+        raw=payload,
+    )
+
+
+def _content(
+    payload: Mapping[str, Any], config: ChannelConfig
+) -> Union[Tuple[str, str, Dict[str, Any]], Ignored]:
+    text_obj = payload.get("text")
+    if isinstance(text_obj, Mapping):
+        message = _str(text_obj.get("message"))
+        if message is None:
+            return Ignored("a text message with no text")
+        return "text", message, {}
+
+    button = payload.get("buttonsResponseMessage")
+    if isinstance(button, Mapping):
+        # The button's id is what the bot receives, so an id such as "/greet" triggers that intent.
+        chosen = _str(button.get("buttonId")) or _str(button.get("message"))
+        if chosen is None:
+            return Ignored("a button reply with neither buttonId nor message")
+        return (
+            "button_reply",
+            chosen,
+            {"button": {"id": button.get("buttonId"), "label": button.get("message")}},
+        )
+
+    listed = payload.get("listResponseMessage")
+    if isinstance(listed, Mapping):
+        chosen = _str(listed.get("selectedRowId")) or _str(listed.get("title"))
+        if chosen is None:
+            return Ignored("a list reply with neither selectedRowId nor title")
+        return (
+            "list_reply",
+            chosen,
+            {
+                "list": {
+                    "selected_row_id": listed.get("selectedRowId"),
+                    "title": listed.get("title"),
+                    "message": listed.get("message"),
+                }
+            },
+        )
+
+    for kind, url_key in _MEDIA_URL_KEYS.items():
+        media = payload.get(kind)
+        if isinstance(media, Mapping):
+            details = {
+                "media": {
+                    "kind": kind,
+                    "url": media.get(url_key),
+                    "mime_type": media.get("mimeType"),
+                    "file_name": media.get("fileName"),
+                    "caption": media.get("caption"),
+                    "seconds": media.get("seconds"),
+                    "ptt": media.get("ptt"),
+                }
+            }
+            caption = _str(media.get("caption")) if kind in _CAPTIONED else None
+            return kind, caption or config.media_texts[kind], details
+
+    location = payload.get("location")
+    if isinstance(location, Mapping):
+        return "location", config.media_texts["location"], {"location": dict(location)}
+
+    contact = payload.get("contact")
+    if isinstance(contact, Mapping):
+        return "contact", config.media_texts["contact"], {"contact": dict(contact)}
+
+    reaction = payload.get("reaction")
+    if isinstance(reaction, Mapping):
+        if not config.allow_reactions:
+            return Ignored("a reaction (set allow_reactions: true to receive reactions)")
+        value = reaction.get("value")
+        if not _str(value):
+            return Ignored("a reaction was removed")
+        referenced = reaction.get("referencedMessage")
+        return (
+            "reaction",
+            config.media_texts["reaction"],
+            {
+                "reaction": {
+                    "value": value,
+                    "message_id": referenced.get("messageId")
+                    if isinstance(referenced, Mapping)
+                    else None,
+                }
+            },
+        )
+
+    present = sorted(
+        key for key, value in payload.items() if isinstance(value, Mapping) and key != "reaction"
+    )
+    return Ignored(
+        "content this channel does not handle"
+        + (f" ({', '.join(present)[:80]})" if present else " (no content object)")
+    )
+
+
+def _delivery(payload: Mapping[str, Any]) -> Event:
+    error = _str(payload.get("error"))
+    message_id = payload.get("messageId")
+    if error:
+        return Event(
+            "DeliveryCallback",
+            logging.WARNING,
+            f"Z-API could not deliver message {message_id} to {payload.get('phone')}: {error}"
+            + (f" (errorCode {payload.get('errorCode')})" if payload.get("errorCode") else ""),
+        )
+    return Event("DeliveryCallback", logging.DEBUG, f"Z-API sent message {message_id}")
+
+
+def _status(payload: Mapping[str, Any]) -> Event:
+    ids = payload.get("ids")
+    count = len(ids) if isinstance(ids, list) else 0
+    return Event(
+        "MessageStatusCallback",
+        logging.DEBUG,
+        f"{count} message(s) to {payload.get('phone')} now {payload.get('status')}",
+    )
+
+
+def _connected(payload: Mapping[str, Any]) -> Event:
+    return Event(
+        "ConnectedCallback",
+        logging.INFO,
+        f"The Z-API instance is connected to WhatsApp number {payload.get('phone')}",
+    )
+
+
+def _disconnected(payload: Mapping[str, Any]) -> Event:
+    error = _str(payload.get("error"))
+    return Event(
+        "DisconnectedCallback",
+        logging.WARNING,
+        "The Z-API instance lost its WhatsApp session"
+        + (f" ({error})" if error else "")
+        + ": scan the QR code again on Z-API's dashboard to reconnect",
+    )
+
+
+def _presence(payload: Mapping[str, Any]) -> Event:
+    return Event(
+        "PresenceChatCallback",
+        logging.DEBUG,
+        f"{payload.get('phone')} is {payload.get('status')}",
+    )
+
+
+_EVENTS = {
+    "DeliveryCallback": _delivery,
+    "MessageStatusCallback": _status,
+    "ConnectedCallback": _connected,
+    "DisconnectedCallback": _disconnected,
+    "PresenceChatCallback": _presence,
+}
+
+
+__all__ = ["Event", "Ignored", "InboundMessage", "Invalid", "Parsed", "parse_callback"]

@@ -1,0 +1,90 @@
+"""Per-conversation FIFO workers.
+
+The webhook must answer Z-API within milliseconds whatever the bot's speed (and sanic 21.12 cancels
+a handler whose client hangs up), so a Rasa turn never runs inside the request. Each sender gets a
+queue drained by one task: one sender's messages are handled strictly in arrival order, different
+senders run in parallel, and a semaphore bounds how many turns run at once so the model's CPU work
+cannot starve the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Awaitable, Callable, Deque, Dict, Optional, Set
+
+logger = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[None]]
+
+
+class ConversationWorkers:
+    def __init__(self, max_concurrency: int) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self._limit = max_concurrency
+        self._semaphore: Optional[asyncio.Semaphore] = None
+        self._queues: Dict[str, Deque[Job]] = {}
+        self._tasks: Set[asyncio.Task[None]] = set()
+        self._idle: Optional[asyncio.Event] = None
+        self._running = 0
+
+    @property
+    def pending(self) -> int:
+        """Jobs accepted and not finished yet (queued or running)."""
+        return sum(len(queue) for queue in self._queues.values()) + self._running
+
+    def submit(self, sender: str, job: Job) -> None:
+        """Queue ``job`` behind the sender's earlier jobs. Must be called from the event loop."""
+        if self._semaphore is None:
+            # Created lazily: asyncio primitives bind to the loop that first uses them, and the
+            # channel object is built before Rasa's server loop starts.
+            self._semaphore = asyncio.Semaphore(self._limit)
+            self._idle = asyncio.Event()
+        assert self._idle is not None
+        self._idle.clear()
+        queue = self._queues.get(sender)
+        if queue is not None:
+            queue.append(job)
+            return
+        self._queues[sender] = deque([job])
+        task = asyncio.ensure_future(self._drain(sender))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, sender: str) -> None:
+        assert self._semaphore is not None and self._idle is not None
+        queue = self._queues[sender]
+        try:
+            while queue:
+                job = queue[0]
+                async with self._semaphore:
+                    self._running += 1
+                    try:
+                        await job()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        logger.exception("A conversation turn failed; continuing with the next")
+                    finally:
+                        self._running -= 1
+                queue.popleft()
+        finally:
+            if self._queues.get(sender) is queue and not queue:
+                del self._queues[sender]
+            if not self._queues:
+                self._idle.set()
+
+    async def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every accepted job has finished; False if ``timeout`` ran out first."""
+        if self._idle is None or not self._queues:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+__all__ = ["ConversationWorkers"]
