@@ -1,0 +1,106 @@
+"""Shared test fixtures: credentials, a channel config, Z-API callback fixtures, a respx router."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator
+
+import httpx
+import pytest
+import respx
+
+from zapi_channel.config import ChannelConfig, ZApiCredentials
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Distinctive values so that a leak is easy to find in any output.
+INSTANCE_ID = "A20DA9C0183A2D35A260F53F5D2B9244"
+INSTANCE_TOKEN = "INSTTOKEN-3f9a7c1e5b2d4a6f8e0c"
+CLIENT_TOKEN = "CLIENTTOKEN-7e5d3c1b9a8f6e4d2c0b"
+WEBHOOK_TOKEN = "WEBHOOKTOKEN-0a1b2c3d4e5f6a7b8c9d"
+BASE_URL = "https://api.z-api.io"
+API = f"{BASE_URL}/instances/{INSTANCE_ID}/token/{INSTANCE_TOKEN}"
+SECRETS = (INSTANCE_TOKEN, CLIENT_TOKEN, WEBHOOK_TOKEN)
+
+
+def channel_block(**overrides: Any) -> Dict[str, Any]:
+    block: Dict[str, Any] = {
+        "instance_id": INSTANCE_ID,
+        "instance_token": INSTANCE_TOKEN,
+        "client_token": CLIENT_TOKEN,
+        "webhook_token": WEBHOOK_TOKEN,
+    }
+    block.update(overrides)
+    return block
+
+
+@pytest.fixture
+def credentials() -> ZApiCredentials:
+    return ZApiCredentials(INSTANCE_ID, INSTANCE_TOKEN, CLIENT_TOKEN)
+
+
+@pytest.fixture
+def config() -> ChannelConfig:
+    return ChannelConfig.from_mapping(channel_block())
+
+
+@pytest.fixture
+def callback() -> Callable[[str], Dict[str, Any]]:
+    """Load ``tests/fixtures/callbacks/<name>.json`` as a fresh dict."""
+
+    def load(name: str) -> Dict[str, Any]:
+        data: Dict[str, Any] = json.loads(
+            (FIXTURES / "callbacks" / f"{name}.json").read_text(encoding="utf-8")
+        )
+        return data
+
+    return load
+
+
+SEND_ENDPOINTS = (
+    "send-text",
+    "send-image",
+    "send-audio",
+    "send-video",
+    "send-link",
+    "send-location",
+    "send-reaction",
+    "send-button-list",
+    "send-option-list",
+    "send-button-actions",
+)
+
+
+def ok_send(message_id: str = "3999984263738042930CD6ECDE9VDWSA") -> httpx.Response:
+    return httpx.Response(
+        200, json={"zaapId": "3999984263738042930CD6ECDE9VDWSA", "messageId": message_id, "id": message_id}
+    )
+
+
+@pytest.fixture
+def zapi() -> Iterator[respx.MockRouter]:
+    """One respx router for Z-API, its routes named after Z-API's endpoints."""
+    with respx.mock(base_url=API, assert_all_called=False) as router:
+        router.get("/status", name="status")
+        router.get("/device", name="device")
+        router.get("/me", name="me")
+        router.get("/disconnect", name="disconnect")
+        router.get("/restart", name="restart")
+        for endpoint in SEND_ENDPOINTS:
+            router.post(f"/{endpoint}", name=endpoint).mock(return_value=ok_send())
+        router.post(path__regex=r"/send-document/(?P<extension>\w+)$", name="send-document").mock(
+            return_value=ok_send()
+        )
+        router.post("/read-message", name="read-message").mock(return_value=httpx.Response(204))
+        for kind in ("received", "delivery", "message-status", "connected", "disconnected", "chat-presence"):
+            router.put(f"/update-webhook-{kind}", name=f"update-webhook-{kind}").mock(
+                return_value=httpx.Response(200, json={"value": True})
+            )
+        router.put("/update-every-webhooks", name="update-every-webhooks").mock(
+            return_value=httpx.Response(200, json={"value": True})
+        )
+        router.put("/update-notify-sent-by-me", name="update-notify-sent-by-me").mock(
+            return_value=httpx.Response(200, json={"value": True})
+        )
+        yield router

@@ -1,0 +1,291 @@
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+import respx
+
+from tests.conftest import API, CLIENT_TOKEN, INSTANCE_TOKEN, SECRETS
+from zapi_channel.client import WEBHOOK_KINDS, ZApiClient, check_response
+from zapi_channel.config import ZApiCredentials
+from zapi_channel.errors import (
+    InvalidCredentials,
+    NotConnected,
+    SendNotAccepted,
+    TransportError,
+    ZApiResponseError,
+    ZApiTimeout,
+)
+
+
+@pytest.fixture
+async def client(credentials: ZApiCredentials) -> AsyncIterator[ZApiClient]:
+    async with ZApiClient(credentials) as zapi_client:
+        yield zapi_client
+
+
+def body_of(route: respx.Route) -> Any:
+    return json.loads(route.calls.last.request.content)
+
+
+async def test_every_call_carries_client_token_and_json_content_type(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["status"].mock(return_value=httpx.Response(200, json={"connected": True}))
+    await client.status()
+    await client.send_text("5511999999999", "hi")
+    for route in ("status", "send-text"):
+        headers = zapi[route].calls.last.request.headers
+        assert headers["Client-Token"] == CLIENT_TOKEN
+        assert headers["Content-Type"] == "application/json"
+
+
+async def test_status_parses_connected_and_not_connected(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["status"].mock(
+        side_effect=[
+            httpx.Response(
+                200,
+                json={"connected": True, "error": "You are already connected.", "smartphoneConnected": True},
+            ),
+            httpx.Response(
+                200,
+                json={"connected": False, "error": "You are not connected.", "smartphoneConnected": False},
+            ),
+        ]
+    )
+    first = await client.status()
+    second = await client.status()
+    assert first.connected and first.smartphone_connected
+    assert not second.connected and second.error == "You are not connected."
+
+
+async def test_device_gives_the_paired_number(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    zapi["device"].mock(
+        return_value=httpx.Response(
+            200, json={"phone": "5511999999999", "name": "Shop", "isBusiness": True, "originalDevice": "iphone"}
+        )
+    )
+    device = await client.device()
+    assert (device.phone, device.name, device.is_business) == ("5511999999999", "Shop", True)
+
+
+@pytest.mark.parametrize(
+    ("method", "endpoint", "call"),
+    [
+        ("GET", "disconnect", lambda c: c.disconnect()),
+        ("GET", "restart", lambda c: c.restart()),
+        ("GET", "me", lambda c: c.me()),
+    ],
+)
+async def test_instance_calls_use_zapi_verbs(
+    zapi: respx.MockRouter, client: ZApiClient, method: str, endpoint: str, call: Any
+) -> None:
+    zapi[endpoint].mock(return_value=httpx.Response(200, json={"value": True}))
+    await call(client)
+    assert zapi[endpoint].calls.last.request.method == method
+
+
+async def test_disconnect_reports_zapi_confirmation(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    zapi["disconnect"].mock(return_value=httpx.Response(200, json={"value": True}))
+    assert await client.disconnect() is True
+
+
+@pytest.mark.parametrize("kind", WEBHOOK_KINDS)
+async def test_update_webhook_puts_the_url(zapi: respx.MockRouter, client: ZApiClient, kind: str) -> None:
+    assert await client.update_webhook(kind, "https://bot.example.com/hook") is True
+    route = zapi[f"update-webhook-{kind}"]
+    assert route.calls.last.request.method == "PUT"
+    assert body_of(route) == {"value": "https://bot.example.com/hook"}
+
+
+async def test_update_every_webhook_and_notify_sent_by_me(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    await client.update_every_webhook("https://bot.example.com/hook", notify_sent_by_me=True)
+    await client.update_notify_sent_by_me(False)
+    assert body_of(zapi["update-every-webhooks"]) == {
+        "value": "https://bot.example.com/hook",
+        "notifySentByMe": True,
+    }
+    assert body_of(zapi["update-notify-sent-by-me"]) == {"notifySentByMe": False}
+
+
+async def test_send_text_body_and_result(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    result = await client.send_text("5511999999999", "Olá *mundo*", delay_typing=3)
+    assert body_of(zapi["send-text"]) == {
+        "phone": "5511999999999",
+        "message": "Olá *mundo*",
+        "delayTyping": 3,
+    }
+    assert result.message_id == "3999984263738042930CD6ECDE9VDWSA"
+    assert zapi["send-text"].calls.last.request.method == "POST"
+
+
+async def test_send_bodies_match_zapi_documentation(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    phone = "81896604192873@lid"
+    await client.send_image(phone, "https://x.test/a.png", caption="A")
+    await client.send_audio(phone, "https://x.test/a.ogg")
+    await client.send_video(phone, "https://x.test/a.mp4", caption="V")
+    await client.send_document(phone, "https://x.test/f.pdf", ".PDF", file_name="f.pdf")
+    await client.send_link(phone, "see https://x.test", "https://x.test", title="T")
+    await client.send_location(phone, title="Shop", address="Av. Paulista", latitude="-23.5", longitude="-46.6")
+    await client.send_reaction(phone, "MSGID", "👍")
+    await client.send_button_list(phone, "Pick", [{"id": "/a", "label": "A"}])
+    await client.send_option_list(
+        phone, "Pick", title="T", button_label="Open", options=[{"id": "/a", "title": "A", "description": ""}]
+    )
+    await client.send_button_actions(phone, "Call", [{"id": "1", "type": "CALL", "label": "Call", "phone": "551100"}])
+    assert body_of(zapi["send-image"]) == {"phone": phone, "image": "https://x.test/a.png", "caption": "A"}
+    assert body_of(zapi["send-audio"]) == {"phone": phone, "audio": "https://x.test/a.ogg"}
+    assert body_of(zapi["send-video"])["video"] == "https://x.test/a.mp4"
+    assert zapi["send-document"].calls.last.request.url.path.endswith("/send-document/pdf")
+    assert body_of(zapi["send-document"]) == {"phone": phone, "document": "https://x.test/f.pdf", "fileName": "f.pdf"}
+    assert body_of(zapi["send-link"])["linkUrl"] == "https://x.test"
+    assert body_of(zapi["send-location"])["latitude"] == "-23.5"
+    assert body_of(zapi["send-reaction"]) == {"phone": phone, "messageId": "MSGID", "reaction": "👍"}
+    assert body_of(zapi["send-button-list"])["buttonList"] == {"buttons": [{"id": "/a", "label": "A"}]}
+    assert body_of(zapi["send-option-list"])["optionList"]["buttonLabel"] == "Open"
+    assert body_of(zapi["send-button-actions"])["buttonActions"][0]["type"] == "CALL"
+
+
+async def test_document_extension_must_be_alphanumeric(client: ZApiClient) -> None:
+    with pytest.raises(ValueError):
+        await client.send_document("5511", "https://x.test/f", "../status")
+
+
+async def test_read_message_accepts_204(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    await client.read_message("5511999999999", "ABC")
+    assert body_of(zapi["read-message"]) == {"phone": "5511999999999", "messageId": "ABC"}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, json={"value": False}),
+        httpx.Response(200, json={"zaapId": "Z", "id": "I"}),
+        httpx.Response(200, json={"messageId": ""}),
+        httpx.Response(201, content=b""),
+    ],
+)
+async def test_a_send_without_message_id_is_a_failure(
+    zapi: respx.MockRouter, client: ZApiClient, answer: httpx.Response
+) -> None:
+    zapi["send-text"].mock(return_value=answer)
+    with pytest.raises(SendNotAccepted) as caught:
+        await client.send_text("5511999999999", "hi")
+    assert caught.value.endpoint == "send-text"
+
+
+async def test_403_with_zapi_body_is_invalid_credentials_without_the_token(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["status"].mock(return_value=httpx.Response(403, json={"error": f"Client-Token {CLIENT_TOKEN} not allowed"}))
+    with pytest.raises(InvalidCredentials) as caught:
+        await client.status()
+    assert caught.value.status_code == 403
+    assert CLIENT_TOKEN not in str(caught.value)
+    assert CLIENT_TOKEN not in (caught.value.zapi_error or "")
+    assert "not allowed" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, "your client-token is not configured"),
+        (404, "Instance not found"),
+        (400, "Instance not found"),
+        (200, "Instance not found"),
+        (401, "Unauthorized"),
+    ],
+)
+async def test_credential_failures_map_to_invalid_credentials(
+    zapi: respx.MockRouter, client: ZApiClient, status: int, error: str
+) -> None:
+    zapi["status"].mock(return_value=httpx.Response(status, json={"error": error}))
+    with pytest.raises(InvalidCredentials):
+        await client.status()
+
+
+async def test_not_connected_answer_on_send_is_not_connected(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["send-text"].mock(return_value=httpx.Response(400, json={"error": "You are not connected."}))
+    with pytest.raises(NotConnected):
+        await client.send_text("5511999999999", "hi")
+
+
+async def test_other_errors_carry_status_and_zapi_text(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    zapi["send-text"].mock(return_value=httpx.Response(500, json={"error": "Internal failure"}))
+    with pytest.raises(ZApiResponseError) as caught:
+        await client.send_text("5511999999999", "hi")
+    assert (caught.value.status_code, caught.value.zapi_error) == (500, "Internal failure")
+    assert not isinstance(caught.value, InvalidCredentials)
+
+
+async def test_non_json_error_body_is_kept_short(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    zapi["send-text"].mock(return_value=httpx.Response(502, text="<html>" + "x" * 5000))
+    with pytest.raises(ZApiResponseError) as caught:
+        await client.send_text("5511999999999", "hi")
+    assert len(str(caught.value)) < 400
+
+
+async def test_connect_timeout_means_the_request_was_not_sent(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["send-text"].mock(side_effect=httpx.ConnectTimeout("timed out"))
+    with pytest.raises(ZApiTimeout) as caught:
+        await client.send_text("5511999999999", "hi")
+    assert caught.value.request_sent is False
+
+
+async def test_read_timeout_means_the_outcome_is_unknown(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    zapi["send-text"].mock(side_effect=httpx.ReadTimeout("timed out"))
+    with pytest.raises(ZApiTimeout) as caught:
+        await client.send_text("5511999999999", "hi")
+    assert caught.value.request_sent is True
+
+
+async def test_connection_refused_is_a_transport_error_without_the_url(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["status"].mock(side_effect=httpx.ConnectError(f"cannot connect to {API}/status"))
+    with pytest.raises(TransportError) as caught:
+        await client.status()
+    assert INSTANCE_TOKEN not in str(caught.value)
+    assert caught.value.request_sent is False
+
+
+async def test_injected_http_client_is_used_and_not_closed(credentials: ZApiCredentials) -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json={"connected": True})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    async with ZApiClient(credentials, http_client=http) as client:
+        await client.status()
+    assert seen and seen[0].endswith("/status")
+    assert not http.is_closed
+    await http.aclose()
+
+
+async def test_httpx_request_log_lines_do_not_carry_the_instance_token(
+    zapi: respx.MockRouter, client: ZApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    zapi["status"].mock(return_value=httpx.Response(200, json={"connected": True}))
+    with caplog.at_level(logging.DEBUG):
+        await client.status()
+        await client.send_text("5511999999999", "hi")
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "status" in text
+    for secret in SECRETS:
+        assert secret not in text
+
+
+def test_check_response_returns_decoded_body_on_success() -> None:
+    response = httpx.Response(200, json={"value": True})
+    assert check_response("restart", response) == {"value": True}

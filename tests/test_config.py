@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CLIENT_TOKEN, INSTANCE_ID, INSTANCE_TOKEN, WEBHOOK_TOKEN, channel_block
+from zapi_channel.config import ChannelConfig, ZApiCredentials
+from zapi_channel.errors import ConfigError
+
+
+def test_pasted_whitespace_and_line_breaks_are_stripped_from_every_credential() -> None:
+    config = ChannelConfig.from_mapping(
+        {
+            "instance_id": f"  {INSTANCE_ID}\n",
+            "instance_token": f"\t{INSTANCE_TOKEN} \r\n",
+            "client_token": f"\n{CLIENT_TOKEN}  ",
+            "webhook_token": f" {WEBHOOK_TOKEN}\n",
+        }
+    )
+    assert config.credentials.instance_id == INSTANCE_ID
+    assert config.credentials.instance_token == INSTANCE_TOKEN
+    assert config.credentials.client_token == CLIENT_TOKEN
+    assert config.webhook_token == WEBHOOK_TOKEN
+
+
+def test_one_error_names_every_missing_or_empty_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        ChannelConfig.from_mapping({"instance_id": "X", "client_token": "   "})
+    message = str(caught.value)
+    for key in ("instance_token", "client_token", "webhook_token"):
+        assert key in message
+    assert "instance_id" not in message
+
+
+def test_no_credentials_at_all_names_every_key() -> None:
+    with pytest.raises(ConfigError, match="instance_id, instance_token, client_token, webhook_token"):
+        ChannelConfig.from_mapping(None)
+
+
+def test_url_for_builds_zapi_layout_with_default_base_url(credentials: ZApiCredentials) -> None:
+    assert credentials.url_for("send-text") == (
+        f"https://api.z-api.io/instances/{INSTANCE_ID}/token/{INSTANCE_TOKEN}/send-text"
+    )
+
+
+def test_base_url_trailing_slash_is_ignored() -> None:
+    creds = ZApiCredentials.from_mapping(channel_block(base_url="http://127.0.0.1:8300/ "))
+    assert creds.url_for("status").startswith("http://127.0.0.1:8300/instances/")
+
+
+def test_base_url_must_be_http() -> None:
+    with pytest.raises(ConfigError, match="base_url"):
+        ZApiCredentials.from_mapping(channel_block(base_url="ftp://example.com"))
+
+
+def test_repr_and_str_never_show_a_secret(credentials: ZApiCredentials) -> None:
+    config = ChannelConfig.from_mapping(channel_block())
+    for text in (repr(credentials), str(credentials), repr(config), str(config)):
+        for secret in (INSTANCE_TOKEN, CLIENT_TOKEN, WEBHOOK_TOKEN):
+            assert secret not in text
+    assert INSTANCE_ID not in repr(credentials)
+
+
+def test_active_reads_env_style_strings() -> None:
+    assert ChannelConfig.from_mapping(channel_block(active="false")).active is False
+    assert ChannelConfig.from_mapping(channel_block(active="True")).active is True
+    assert ChannelConfig.from_mapping(channel_block()).active is True
+    with pytest.raises(ConfigError, match="active"):
+        ChannelConfig.from_mapping(channel_block(active="maybe"))
+
+
+def test_options_have_the_documented_defaults() -> None:
+    config = ChannelConfig.from_mapping(channel_block())
+    assert config.credentials.base_url == "https://api.z-api.io"
+    assert (config.allow_groups, config.allow_reactions, config.mark_read) == (False, False, False)
+    assert config.buttons_as == "text"
+    assert config.delay_typing is None
+
+
+def test_delay_typing_is_bounded_like_zapi_documents() -> None:
+    assert ChannelConfig.from_mapping(channel_block(delay_typing="3")).delay_typing == 3
+    with pytest.raises(ConfigError, match="delay_typing"):
+        ChannelConfig.from_mapping(channel_block(delay_typing=30))
+
+
+def test_buttons_as_must_be_a_known_mode() -> None:
+    assert ChannelConfig.from_mapping(channel_block(buttons_as="list")).buttons_as == "list"
+    with pytest.raises(ConfigError, match="buttons_as"):
+        ChannelConfig.from_mapping(channel_block(buttons_as="carousel"))
+
+
+def test_media_texts_can_be_overridden_per_kind_only_for_known_kinds() -> None:
+    config = ChannelConfig.from_mapping(channel_block(media_texts={"audio": "/voice_note"}))
+    assert config.media_texts["audio"] == "/voice_note"
+    assert config.media_texts["sticker"] == "/zapi_sticker"
+    with pytest.raises(ConfigError, match="unknown kind"):
+        ChannelConfig.from_mapping(channel_block(media_texts={"hologram": "x"}))
+
+
+def test_numeric_instance_id_from_yaml_becomes_a_string() -> None:
+    creds = ZApiCredentials.from_mapping(channel_block(instance_id=12345))
+    assert creds.instance_id == "12345"
