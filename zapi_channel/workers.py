@@ -28,12 +28,12 @@ class ConversationWorkers:
         self._queues: Dict[str, Deque[Job]] = {}
         self._tasks: Set[asyncio.Task[None]] = set()
         self._idle: Optional[asyncio.Event] = None
-        self._running = 0
 
     @property
     def pending(self) -> int:
         """Jobs accepted and not finished yet (queued or running)."""
-        return sum(len(queue) for queue in self._queues.values()) + self._running
+        # A running job stays at the head of its queue until it finishes.
+        return sum(len(queue) for queue in self._queues.values())
 
     def submit(self, sender: str, job: Job) -> None:
         """Queue ``job`` behind the sender's earlier jobs. Must be called from the event loop."""
@@ -60,15 +60,11 @@ class ConversationWorkers:
             while queue:
                 job = queue[0]
                 async with self._semaphore:
-                    self._running += 1
                     try:
                         await job()
-                    except asyncio.CancelledError:
-                        raise
                     except Exception:
+                        # One failed turn must not stop this customer's later messages.
                         logger.exception("A conversation turn failed; continuing with the next")
-                    finally:
-                        self._running -= 1
                 queue.popleft()
         finally:
             if self._queues.get(sender) is queue and not queue:

@@ -1,0 +1,325 @@
+"""The webhook blueprint, served by a real sanic server, registered the way Rasa registers it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
+
+import httpx
+import pytest
+import respx
+from rasa.core.channels.channel import UserMessage, register
+
+from tests.conftest import SECRETS, WEBHOOK_TOKEN, channel_block
+from tests.livesanic import new_app, serving
+from zapi_channel.channel import ZApiInput, ZApiOutput
+from zapi_channel.config import ChannelConfig
+
+Load = Callable[[str], Dict[str, Any]]
+
+
+class RecordingAgent:
+    """Stands in for Rasa's Agent: records every message, optionally slowly."""
+
+    def __init__(self) -> None:
+        self.messages: List[UserMessage] = []
+        self.gate: Optional[asyncio.Event] = None
+        self.delays: Dict[str, float] = {}
+
+    async def handle_message(self, message: UserMessage) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(self.delays.get(message.text or "", 0))
+        self.messages.append(message)
+
+
+class Harness:
+    def __init__(self, channel: ZApiInput, agent: RecordingAgent, base: str) -> None:
+        self.channel = channel
+        self.agent = agent
+        self.base = base
+        self.http = httpx.AsyncClient(base_url=base, timeout=5)
+
+    async def post(self, body: Any, token: Optional[str] = WEBHOOK_TOKEN, **kwargs: Any) -> httpx.Response:
+        params = {"token": token} if token is not None else {}
+        content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return await self.http.post("/webhooks/zapi/webhook", params=params, content=content, **kwargs)
+
+    async def settle(self) -> None:
+        assert await self.channel.workers.join(5)
+
+
+def harness_factory(**overrides: Any) -> Callable[[], Any]:
+    async def build() -> Tuple[Harness, Any]:
+        channel = ZApiInput(ChannelConfig.from_mapping(channel_block(**overrides)))
+        agent = RecordingAgent()
+        app = new_app("channel")
+        app.ctx.agent = agent
+        register([channel], app, route="/webhooks/")
+        context = serving(app)
+        base = await context.__aenter__()
+        return Harness(channel, agent, base), context
+
+    return build
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    built, context = await harness_factory()()
+    yield built
+    await built.http.aclose()
+    await context.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def make_harness() -> AsyncIterator[Callable[..., Any]]:
+    made: List[Tuple[Harness, Any]] = []
+
+    async def make(**overrides: Any) -> Harness:
+        pair = await harness_factory(**overrides)()
+        made.append(pair)
+        return pair[0]
+
+    yield make
+    for built, context in made:
+        await built.http.aclose()
+        await context.__aexit__(None, None, None)
+
+
+def with_id(payload: Dict[str, Any], message_id: str, text: Optional[str] = None) -> Dict[str, Any]:
+    payload = dict(payload)
+    payload["messageId"] = message_id
+    if text is not None:
+        payload["text"] = {"message": text}
+    return payload
+
+
+async def test_health_answers_without_secrets(harness: Harness) -> None:
+    answer = await harness.http.get("/webhooks/zapi/")
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok", "channel": "zapi", "active": True}
+    for secret in SECRETS:
+        assert secret not in answer.text
+
+
+async def test_text_becomes_one_user_message(harness: Harness, callback: Load) -> None:
+    payload = callback("received_text")
+    answer = await harness.post(payload)
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "accepted"}
+    await harness.settle()
+    [message] = harness.agent.messages
+    assert message.text == "Hi there"
+    assert message.sender_id == payload["phone"]
+    assert message.message_id == payload["messageId"]
+    assert message.input_channel == "zapi"
+    assert message.metadata["zapi"]["sender_name"] == "Ana Souza"
+    assert isinstance(message.output_channel, ZApiOutput)
+
+
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [(None, 401), ("", 401), ("wrong", 403), (WEBHOOK_TOKEN.upper(), 403), (WEBHOOK_TOKEN + "x", 403)],
+)
+async def test_a_missing_or_wrong_token_is_refused_and_nothing_processed(
+    harness: Harness, callback: Load, token: Optional[str], status: int
+) -> None:
+    answer = await harness.post(callback("received_text"), token=token)
+    assert answer.status_code == status
+    await harness.settle()
+    assert harness.agent.messages == []
+
+
+async def test_a_second_token_parameter_cannot_smuggle_the_right_one(harness: Harness, callback: Load) -> None:
+    answer = await harness.http.post(
+        "/webhooks/zapi/webhook",
+        params=[("token", "wrong"), ("token", WEBHOOK_TOKEN)],
+        content=json.dumps(callback("received_text")),
+    )
+    assert answer.status_code == 403
+
+
+async def test_the_token_in_a_header_is_not_accepted(harness: Harness, callback: Load) -> None:
+    answer = await harness.post(callback("received_text"), token=None, headers={"token": WEBHOOK_TOKEN})
+    assert answer.status_code == 401
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"[1, 2]", b'"text"', b"null", b"{" * 50_000])
+async def test_bodies_that_are_not_json_objects_get_400(harness: Harness, body: bytes) -> None:
+    answer = await harness.post(body)
+    assert answer.status_code == 400
+
+
+async def test_a_body_over_the_cap_gets_413(harness: Harness, callback: Load) -> None:
+    payload = callback("received_text")
+    payload["padding"] = "x" * (300 * 1024)
+    answer = await harness.post(payload)
+    assert answer.status_code == 413
+    await harness.settle()
+    assert harness.agent.messages == []
+
+
+async def test_the_same_message_delivered_twice_is_processed_once(harness: Harness, callback: Load) -> None:
+    payload = callback("received_text")
+    first = await harness.post(payload)
+    second = await harness.post(payload)
+    answers = await asyncio.gather(*(harness.post(payload) for _ in range(5)))
+    await harness.settle()
+    assert first.json()["status"] == "accepted"
+    assert second.json()["status"] == "duplicate"
+    assert all(a.json()["status"] == "duplicate" for a in answers)
+    assert len(harness.agent.messages) == 1
+
+
+async def test_the_webhook_answers_before_the_bot_has_finished(harness: Harness, callback: Load) -> None:
+    harness.agent.gate = asyncio.Event()
+    answer = await asyncio.wait_for(harness.post(callback("received_text")), 2)
+    assert answer.status_code == 200
+    assert harness.agent.messages == []
+    harness.agent.gate.set()
+    await harness.settle()
+    assert len(harness.agent.messages) == 1
+
+
+async def test_one_senders_messages_are_processed_in_arrival_order(harness: Harness, callback: Load) -> None:
+    base = callback("received_text")
+    harness.agent.delays = {"m0": 0.1, "m2": 0.05}
+    for i in range(5):
+        await harness.post(with_id(base, f"ID{i}", f"m{i}"))
+    await harness.settle()
+    assert [m.text for m in harness.agent.messages] == ["m0", "m1", "m2", "m3", "m4"]
+
+
+async def test_different_senders_do_not_wait_for_each_other(harness: Harness, callback: Load) -> None:
+    base = callback("received_text")
+    harness.agent.delays = {"slow": 0.3}
+    await harness.post(with_id(base, "A1", "slow"))
+    other = with_id(base, "B1", "fast")
+    other["phone"] = "5511888888888"
+    await harness.post(other)
+    await harness.settle()
+    assert [m.text for m in harness.agent.messages] == ["fast", "slow"]
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    [
+        "received_own_echo",
+        "received_group_text",
+        "received_newsletter",
+        "received_broadcast",
+        "received_status_reply",
+        "received_waiting_message",
+        "received_notification",
+        "received_reaction",
+        "received_edited_text",
+    ],
+)
+async def test_what_must_not_be_answered_is_acknowledged_and_dropped(
+    harness: Harness, callback: Load, fixture: str
+) -> None:
+    answer = await harness.post(callback(fixture))
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ignored"
+    await harness.settle()
+    assert harness.agent.messages == []
+
+
+@pytest.mark.parametrize("fixture", ["delivery", "message_status", "connected", "disconnected", "presence"])
+async def test_status_callbacks_are_logged_not_answered(harness: Harness, callback: Load, fixture: str) -> None:
+    answer = await harness.post(callback(fixture))
+    assert answer.json() == {"status": "logged"}
+    await harness.settle()
+    assert harness.agent.messages == []
+
+
+async def test_a_delivery_error_is_a_warning(
+    harness: Harness, callback: Load, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = callback("delivery_error")
+    with caplog.at_level(logging.WARNING, logger="zapi_channel"):
+        await harness.post(payload)
+    assert any(payload["error"] in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+async def test_groups_are_answered_when_enabled(make_harness: Callable[..., Any], callback: Load) -> None:
+    harness = await make_harness(allow_groups=True)
+    await harness.post(callback("received_group_text"))
+    await harness.settle()
+    [message] = harness.agent.messages
+    assert message.sender_id.endswith("-group")
+
+
+async def test_an_inactive_channel_acknowledges_and_drops(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness(active=False)
+    answer = await harness.post(callback("received_text"))
+    assert answer.json() == {"status": "inactive"}
+    await harness.settle()
+    assert harness.agent.messages == []
+
+
+async def test_mark_read_calls_read_message(make_harness: Callable[..., Any], callback: Load) -> None:
+    harness = await make_harness(mark_read=True)
+    payload = callback("received_text")
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        read = router.post(path__regex=r"/read-message$", name="read-message").mock(
+            return_value=httpx.Response(204)
+        )
+        await harness.post(payload)
+        await harness.settle()
+    assert json.loads(read.calls.last.request.content) == {
+        "phone": payload["phone"],
+        "messageId": payload["messageId"],
+    }
+    assert len(harness.agent.messages) == 1
+
+
+async def test_a_numbered_reply_reaches_the_bot_as_the_buttons_payload(harness: Harness, callback: Load) -> None:
+    payload = callback("received_text")
+    output = harness.channel.get_output_channel()
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        router.post(path__regex=r"/send-text$", name="send-text").mock(
+            return_value=httpx.Response(200, json={"messageId": "M1"})
+        )
+        await output.send_text_with_buttons(
+            payload["phone"],
+            "What would you like?",
+            [{"title": "A picture", "payload": "/ask_image"}, {"title": "A document", "payload": "/ask_document"}],
+        )
+    await harness.post(with_id(payload, "R1", "2"))
+    await harness.post(with_id(payload, "R2", "2"))
+    await harness.settle()
+    first, second = harness.agent.messages
+    assert first.text == "/ask_document"
+    assert first.metadata["zapi"]["choice"] == {"title": "A document", "payload": "/ask_document"}
+    # The choices answer one reply only: a later "2" is just text.
+    assert second.text == "2"
+
+
+async def test_a_reply_that_matches_no_choice_goes_through_as_typed(harness: Harness, callback: Load) -> None:
+    payload = callback("received_text")
+    harness.channel.choices.set(payload["phone"], [])
+    await harness.post(with_id(payload, "R1", "something else"))
+    await harness.settle()
+    assert harness.agent.messages[0].text == "something else"
+
+
+def test_the_module_path_rasa_uses_imports_cleanly() -> None:
+    from rasa.shared.utils.common import class_from_module_path
+
+    cls = class_from_module_path("zapi_channel.ZApiInput")
+    assert cls is ZApiInput
+    assert cls.name() == "zapi"
+    assert ZApiOutput.name() == "zapi"
+
+
+def test_from_credentials_builds_the_config() -> None:
+    channel = ZApiInput.from_credentials(channel_block(buttons_as="list"))
+    assert channel.config.buttons_as == "list"
+    assert WEBHOOK_TOKEN not in repr(channel)

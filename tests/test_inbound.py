@@ -1,0 +1,257 @@
+"""Every documented callback shape, parsed field by field (fixtures follow Z-API/docs)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict
+
+import pytest
+
+from tests.conftest import INSTANCE_ID, channel_block
+from zapi_channel.config import ChannelConfig
+from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
+
+Load = Callable[[str], Dict[str, Any]]
+
+
+def message(payload: Any, config: ChannelConfig) -> InboundMessage:
+    parsed = parse_callback(payload, config)
+    assert isinstance(parsed, InboundMessage), parsed
+    return parsed
+
+
+def test_text_becomes_a_message_with_the_envelope_in_metadata(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_text")
+    parsed = message(payload, config)
+    assert parsed.text == "Hi there"
+    assert parsed.kind == "text"
+    assert parsed.phone == "5544999999999"
+    assert parsed.message_id == "3EB0C431C26A1D3E9A51"
+    assert parsed.dedup_key == f"{INSTANCE_ID}:3EB0C431C26A1D3E9A51"
+    meta = parsed.metadata
+    assert meta["message_id"] == "3EB0C431C26A1D3E9A51"
+    assert meta["phone"] == "5544999999999"
+    assert meta["sender_name"] == "Ana Souza"
+    assert meta["chat_name"] == "Ana Souza"
+    assert meta["chat_lid"] == payload["chatLid"]
+    assert meta["sender_lid"] == payload["senderLid"]
+    assert meta["connected_phone"] == "554499999999"
+    assert meta["momment"] == payload["momment"]
+    assert meta["is_group"] is False
+    assert meta["participant_phone"] is None
+
+
+def test_lid_only_sender_is_answered_at_exactly_the_lid(callback: Load, config: ChannelConfig) -> None:
+    parsed = message(callback("received_lid_only"), config)
+    assert parsed.phone.endswith("@lid")
+    assert parsed.phone == callback("received_lid_only")["phone"]
+
+
+def test_button_reply_gives_the_button_id(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_button_reply")
+    parsed = message(payload, config)
+    assert parsed.text == payload["buttonsResponseMessage"]["buttonId"] == "/ask_image"
+    assert parsed.kind == "button_reply"
+    assert parsed.metadata["button"]["label"] == payload["buttonsResponseMessage"]["message"]
+    assert parsed.metadata["reference_message_id"] == payload["referenceMessageId"]
+
+
+def test_list_reply_gives_the_selected_row_id(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_list_reply")
+    parsed = message(payload, config)
+    assert parsed.text == "/ask_document"
+    assert parsed.kind == "list_reply"
+    assert parsed.metadata["list"]["title"] == payload["listResponseMessage"]["title"]
+
+
+def test_image_caption_is_the_text_and_media_details_are_kept(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_image")
+    parsed = message(payload, config)
+    assert parsed.text == "Look at this"
+    assert parsed.kind == "image"
+    media = parsed.metadata["media"]
+    assert media["url"] == payload["image"]["imageUrl"]
+    assert media["mime_type"] == "image/jpeg"
+
+
+def test_image_without_caption_gets_the_configured_text(callback: Load, config: ChannelConfig) -> None:
+    parsed = message(callback("received_image_no_caption"), config)
+    assert parsed.text == "/zapi_image"
+
+
+def test_video_caption_and_url(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_video")
+    parsed = message(payload, config)
+    assert parsed.kind == "video"
+    assert parsed.metadata["media"]["url"] == payload["video"]["videoUrl"]
+    assert parsed.text == (payload["video"].get("caption") or "/zapi_video")
+
+
+def test_document_keeps_file_name_and_mime_type(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_document")
+    parsed = message(payload, config)
+    assert parsed.kind == "document"
+    assert parsed.metadata["media"]["file_name"] == "invoice.pdf"
+    assert parsed.metadata["media"]["mime_type"] == "application/pdf"
+    assert parsed.metadata["media"]["url"] == payload["document"]["documentUrl"]
+    # Z-API documents no caption on documents: the configured text stands in.
+    assert parsed.text == (payload["document"].get("caption") or "/zapi_document")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "kind", "text"),
+    [
+        ("received_audio", "audio", "/zapi_audio"),
+        ("received_sticker", "sticker", "/zapi_sticker"),
+        ("received_location", "location", "/zapi_location"),
+        ("received_contact", "contact", "/zapi_contact"),
+    ],
+)
+def test_textless_content_gets_its_configured_text(
+    callback: Load, config: ChannelConfig, fixture: str, kind: str, text: str
+) -> None:
+    parsed = message(callback(fixture), config)
+    assert (parsed.kind, parsed.text) == (kind, text)
+
+
+def test_audio_details_in_metadata(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_audio")
+    media = message(payload, config).metadata["media"]
+    assert media["url"] == payload["audio"]["audioUrl"]
+    assert media["ptt"] is True
+    assert media["seconds"] == 7
+
+
+def test_location_and_contact_are_kept_whole(callback: Load, config: ChannelConfig) -> None:
+    location = callback("received_location")
+    assert message(location, config).metadata["location"] == location["location"]
+    contact = callback("received_contact")
+    assert message(contact, config).metadata["contact"]["displayName"] == contact["contact"]["displayName"]
+
+
+def test_configured_media_text_is_used(callback: Load) -> None:
+    config = ChannelConfig.from_mapping(channel_block(media_texts={"audio": "voice note"}))
+    assert message(callback("received_audio"), config).text == "voice note"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "reason"),
+    [
+        ("received_own_echo", "fromMe"),
+        ("received_group_text", "group"),
+        ("received_newsletter", "newsletter"),
+        ("received_broadcast", ""),
+        ("received_status_reply", "status"),
+        ("received_waiting_message", "waiting"),
+        ("received_notification", "notification"),
+        ("received_reaction", "reaction"),
+        ("received_edited_text", "edit"),
+        ("received_poll", "does not handle"),
+    ],
+)
+def test_callbacks_that_must_never_be_answered_are_ignored(
+    callback: Load, config: ChannelConfig, fixture: str, reason: str
+) -> None:
+    parsed = parse_callback(callback(fixture), config)
+    assert isinstance(parsed, Ignored)
+    assert reason in parsed.reason
+
+
+def test_a_broadcast_from_someone_else_is_ignored_for_being_a_broadcast(
+    callback: Load, config: ChannelConfig
+) -> None:
+    payload = callback("received_broadcast")
+    payload["fromMe"] = False
+    parsed = parse_callback(payload, config)
+    assert isinstance(parsed, Ignored) and "broadcast" in parsed.reason
+
+
+@pytest.mark.parametrize("flag", ["isNewsletter", "broadcast", "isStatusReply", "waitingMessage", "isGroup"])
+def test_each_flag_alone_is_enough_to_ignore(callback: Load, config: ChannelConfig, flag: str) -> None:
+    payload = callback("received_text")
+    payload[flag] = True
+    assert isinstance(parse_callback(payload, config), Ignored)
+
+
+def test_groups_are_answered_when_enabled_with_the_participant(callback: Load) -> None:
+    config = ChannelConfig.from_mapping(channel_block(allow_groups=True))
+    payload = callback("received_group_text")
+    parsed = message(payload, config)
+    assert parsed.phone == payload["phone"]
+    assert parsed.metadata["is_group"] is True
+    assert parsed.metadata["participant_phone"] == payload["participantPhone"]
+
+
+def test_reactions_are_received_when_enabled(callback: Load) -> None:
+    config = ChannelConfig.from_mapping(channel_block(allow_reactions=True))
+    payload = callback("received_reaction")
+    parsed = message(payload, config)
+    assert parsed.text == "/zapi_reaction"
+    assert parsed.metadata["reaction"]["value"] == payload["reaction"]["value"]
+    removed = parse_callback(callback("received_reaction_removed"), config)
+    assert isinstance(removed, Ignored) and "removed" in removed.reason
+
+
+def test_another_instance_is_ignored(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_text")
+    payload["instanceId"] = "SOMEONEELSE"
+    parsed = parse_callback(payload, config)
+    assert isinstance(parsed, Ignored) and "instanceId" in parsed.reason
+
+
+def test_unknown_type_is_ignored(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_text")
+    payload["type"] = "FutureCallback"
+    assert isinstance(parse_callback(payload, config), Ignored)
+
+
+def test_delivery_error_is_a_warning_naming_message_and_error(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("delivery_error")
+    parsed = parse_callback(payload, config)
+    assert isinstance(parsed, Event)
+    assert parsed.level == logging.WARNING
+    assert payload["messageId"] in parsed.summary
+    assert payload["error"] in parsed.summary
+
+
+@pytest.mark.parametrize(
+    ("fixture", "level"),
+    [
+        ("delivery", logging.DEBUG),
+        ("message_status", logging.DEBUG),
+        ("connected", logging.INFO),
+        ("disconnected", logging.WARNING),
+        ("presence", logging.DEBUG),
+    ],
+)
+def test_status_callbacks_are_logged_never_answered(
+    callback: Load, config: ChannelConfig, fixture: str, level: int
+) -> None:
+    parsed = parse_callback(callback(fixture), config)
+    assert isinstance(parsed, Event)
+    assert parsed.level == level
+
+
+@pytest.mark.parametrize("payload", [None, [], "text", 3, True, {"no": "type"}, {"type": 5}])
+def test_bodies_that_are_not_callbacks_are_invalid(payload: Any, config: ChannelConfig) -> None:
+    assert isinstance(parse_callback(payload, config), Invalid)
+
+
+@pytest.mark.parametrize("missing", ["phone", "messageId"])
+def test_received_without_identity_is_invalid(callback: Load, config: ChannelConfig, missing: str) -> None:
+    payload = callback("received_text")
+    del payload[missing]
+    assert isinstance(parse_callback(payload, config), Invalid)
+
+
+@pytest.mark.parametrize("bad", [None, 5, [], {"message": None}, {"message": "   "}])
+def test_wrong_types_in_content_never_raise(callback: Load, config: ChannelConfig, bad: Any) -> None:
+    payload = callback("received_text")
+    payload["text"] = bad
+    assert isinstance(parse_callback(payload, config), Ignored)
+
+
+def test_unknown_fields_do_not_break_parsing(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_text")
+    payload["brandNewField"] = {"nested": [1, 2]}
+    assert message(payload, config).text == "Hi there"
