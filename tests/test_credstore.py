@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# Importing Rasa tags every ${VAR} scalar globally in ruamel.yaml; these tests must hold with Rasa
+# loaded, as they are in rasa run and in the CLI's tests run in the same process.
+import rasa.shared.utils.io  # noqa: F401
 from zapi_channel.credstore import CredentialsFile, read_dotenv
 from zapi_channel.errors import ConfigError
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 
 from zapi_channel.errors import ConfigError
 
@@ -36,6 +36,29 @@ def _yaml() -> YAML:
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True  # type: ignore[assignment]
     return yaml
+
+
+def _untag(node: Any) -> Any:
+    """Undo the ``!env_var`` tag Rasa's import adds to every ``${VAR}`` scalar.
+
+    Importing Rasa registers a global ruamel.yaml resolver that tags such strings (Rasa expands them
+    while loading). Our round trip must keep the placeholder text as written, so the tagged scalars
+    are turned back into plain strings, in place, keeping the comments attached to their keys.
+    """
+    if isinstance(node, CommentedMap):
+        for key in list(node.keys()):
+            value = node[key]
+            if isinstance(value, TaggedScalar):
+                node[key] = str(value.value)
+            else:
+                _untag(value)
+    elif isinstance(node, CommentedSeq):
+        for index, value in enumerate(node):
+            if isinstance(value, TaggedScalar):
+                node[index] = str(value.value)
+            else:
+                _untag(value)
+    return node
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
@@ -122,7 +145,7 @@ class CredentialsFile:
             return CommentedMap()
         if not isinstance(data, CommentedMap):
             raise ConfigError(f"{self.path} must be a mapping of channel names to settings")
-        return data
+        return _untag(data)
 
     def raw_block(self) -> Dict[str, Any]:
         """The block as written, placeholders unexpanded; empty when absent."""
