@@ -74,7 +74,12 @@ SEND_ENDPOINTS = (
 
 def ok_send(message_id: str = "3999984263738042930CD6ECDE9VDWSA") -> httpx.Response:
     return httpx.Response(
-        200, json={"zaapId": "3999984263738042930CD6ECDE9VDWSA", "messageId": message_id, "id": message_id}
+        200,
+        json={
+            "zaapId": "3999984263738042930CD6ECDE9VDWSA",
+            "messageId": message_id,
+            "id": message_id,
+        },
     )
 
 
@@ -93,7 +98,14 @@ def zapi() -> Iterator[respx.MockRouter]:
             return_value=ok_send()
         )
         router.post("/read-message", name="read-message").mock(return_value=httpx.Response(204))
-        for kind in ("received", "delivery", "message-status", "connected", "disconnected", "chat-presence"):
+        for kind in (
+            "received",
+            "delivery",
+            "message-status",
+            "connected",
+            "disconnected",
+            "chat-presence",
+        ):
             router.put(f"/update-webhook-{kind}", name=f"update-webhook-{kind}").mock(
                 return_value=httpx.Response(200, json={"value": True})
             )

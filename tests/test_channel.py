@@ -42,10 +42,14 @@ class Harness:
         self.base = base
         self.http = httpx.AsyncClient(base_url=base, timeout=5)
 
-    async def post(self, body: Any, token: Optional[str] = WEBHOOK_TOKEN, **kwargs: Any) -> httpx.Response:
+    async def post(
+        self, body: Any, token: Optional[str] = WEBHOOK_TOKEN, **kwargs: Any
+    ) -> httpx.Response:
         params = {"token": token} if token is not None else {}
         content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        return await self.http.post("/webhooks/zapi/webhook", params=params, content=content, **kwargs)
+        return await self.http.post(
+            "/webhooks/zapi/webhook", params=params, content=content, **kwargs
+        )
 
     async def settle(self) -> None:
         assert await self.channel.workers.join(5)
@@ -121,7 +125,13 @@ async def test_text_becomes_one_user_message(harness: Harness, callback: Load) -
 
 @pytest.mark.parametrize(
     ("token", "status"),
-    [(None, 401), ("", 401), ("wrong", 403), (WEBHOOK_TOKEN.upper(), 403), (WEBHOOK_TOKEN + "x", 403)],
+    [
+        (None, 401),
+        ("", 401),
+        ("wrong", 403),
+        (WEBHOOK_TOKEN.upper(), 403),
+        (WEBHOOK_TOKEN + "x", 403),
+    ],
 )
 async def test_a_missing_or_wrong_token_is_refused_and_nothing_processed(
     harness: Harness, callback: Load, token: Optional[str], status: int
@@ -132,7 +142,9 @@ async def test_a_missing_or_wrong_token_is_refused_and_nothing_processed(
     assert harness.agent.messages == []
 
 
-async def test_a_second_token_parameter_cannot_smuggle_the_right_one(harness: Harness, callback: Load) -> None:
+async def test_a_second_token_parameter_cannot_smuggle_the_right_one(
+    harness: Harness, callback: Load
+) -> None:
     answer = await harness.http.post(
         "/webhooks/zapi/webhook",
         params=[("token", "wrong"), ("token", WEBHOOK_TOKEN)],
@@ -142,7 +154,9 @@ async def test_a_second_token_parameter_cannot_smuggle_the_right_one(harness: Ha
 
 
 async def test_the_token_in_a_header_is_not_accepted(harness: Harness, callback: Load) -> None:
-    answer = await harness.post(callback("received_text"), token=None, headers={"token": WEBHOOK_TOKEN})
+    answer = await harness.post(
+        callback("received_text"), token=None, headers={"token": WEBHOOK_TOKEN}
+    )
     assert answer.status_code == 401
 
 
@@ -161,7 +175,9 @@ async def test_a_body_over_the_cap_gets_413(harness: Harness, callback: Load) ->
     assert harness.agent.messages == []
 
 
-async def test_the_same_message_delivered_twice_is_processed_once(harness: Harness, callback: Load) -> None:
+async def test_the_same_message_delivered_twice_is_processed_once(
+    harness: Harness, callback: Load
+) -> None:
     payload = callback("received_text")
     first = await harness.post(payload)
     second = await harness.post(payload)
@@ -173,7 +189,9 @@ async def test_the_same_message_delivered_twice_is_processed_once(harness: Harne
     assert len(harness.agent.messages) == 1
 
 
-async def test_the_webhook_answers_before_the_bot_has_finished(harness: Harness, callback: Load) -> None:
+async def test_the_webhook_answers_before_the_bot_has_finished(
+    harness: Harness, callback: Load
+) -> None:
     harness.agent.gate = asyncio.Event()
     answer = await asyncio.wait_for(harness.post(callback("received_text")), 2)
     assert answer.status_code == 200
@@ -183,7 +201,9 @@ async def test_the_webhook_answers_before_the_bot_has_finished(harness: Harness,
     assert len(harness.agent.messages) == 1
 
 
-async def test_one_senders_messages_are_processed_in_arrival_order(harness: Harness, callback: Load) -> None:
+async def test_one_senders_messages_are_processed_in_arrival_order(
+    harness: Harness, callback: Load
+) -> None:
     base = callback("received_text")
     harness.agent.delays = {"m0": 0.1, "m2": 0.05}
     for i in range(5):
@@ -192,7 +212,9 @@ async def test_one_senders_messages_are_processed_in_arrival_order(harness: Harn
     assert [m.text for m in harness.agent.messages] == ["m0", "m1", "m2", "m3", "m4"]
 
 
-async def test_different_senders_do_not_wait_for_each_other(harness: Harness, callback: Load) -> None:
+async def test_different_senders_do_not_wait_for_each_other(
+    harness: Harness, callback: Load
+) -> None:
     base = callback("received_text")
     harness.agent.delays = {"slow": 0.3}
     await harness.post(with_id(base, "A1", "slow"))
@@ -227,8 +249,12 @@ async def test_what_must_not_be_answered_is_acknowledged_and_dropped(
     assert harness.agent.messages == []
 
 
-@pytest.mark.parametrize("fixture", ["delivery", "message_status", "connected", "disconnected", "presence"])
-async def test_status_callbacks_are_logged_not_answered(harness: Harness, callback: Load, fixture: str) -> None:
+@pytest.mark.parametrize(
+    "fixture", ["delivery", "message_status", "connected", "disconnected", "presence"]
+)
+async def test_status_callbacks_are_logged_not_answered(
+    harness: Harness, callback: Load, fixture: str
+) -> None:
     answer = await harness.post(callback(fixture))
     assert answer.json() == {"status": "logged"}
     await harness.settle()
@@ -241,10 +267,14 @@ async def test_a_delivery_error_is_a_warning(
     payload = callback("delivery_error")
     with caplog.at_level(logging.WARNING, logger="zapi_channel"):
         await harness.post(payload)
-    assert any(payload["error"] in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert any(
+        payload["error"] in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
+    )
 
 
-async def test_groups_are_answered_when_enabled(make_harness: Callable[..., Any], callback: Load) -> None:
+async def test_groups_are_answered_when_enabled(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
     harness = await make_harness(allow_groups=True)
     await harness.post(callback("received_group_text"))
     await harness.settle()
@@ -262,7 +292,9 @@ async def test_an_inactive_channel_acknowledges_and_drops(
     assert harness.agent.messages == []
 
 
-async def test_mark_read_calls_read_message(make_harness: Callable[..., Any], callback: Load) -> None:
+async def test_mark_read_calls_read_message(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
     harness = await make_harness(mark_read=True)
     payload = callback("received_text")
     with respx.mock(assert_all_called=False) as router:
@@ -279,7 +311,9 @@ async def test_mark_read_calls_read_message(make_harness: Callable[..., Any], ca
     assert len(harness.agent.messages) == 1
 
 
-async def test_a_numbered_reply_reaches_the_bot_as_the_buttons_payload(harness: Harness, callback: Load) -> None:
+async def test_a_numbered_reply_reaches_the_bot_as_the_buttons_payload(
+    harness: Harness, callback: Load
+) -> None:
     payload = callback("received_text")
     output = harness.channel.get_output_channel()
     with respx.mock(assert_all_called=False) as router:
@@ -290,7 +324,10 @@ async def test_a_numbered_reply_reaches_the_bot_as_the_buttons_payload(harness: 
         await output.send_text_with_buttons(
             payload["phone"],
             "What would you like?",
-            [{"title": "A picture", "payload": "/ask_image"}, {"title": "A document", "payload": "/ask_document"}],
+            [
+                {"title": "A picture", "payload": "/ask_image"},
+                {"title": "A document", "payload": "/ask_document"},
+            ],
         )
     await harness.post(with_id(payload, "R1", "2"))
     await harness.post(with_id(payload, "R2", "2"))
@@ -302,7 +339,9 @@ async def test_a_numbered_reply_reaches_the_bot_as_the_buttons_payload(harness: 
     assert second.text == "2"
 
 
-async def test_a_reply_that_matches_no_choice_goes_through_as_typed(harness: Harness, callback: Load) -> None:
+async def test_a_reply_that_matches_no_choice_goes_through_as_typed(
+    harness: Harness, callback: Load
+) -> None:
     payload = callback("received_text")
     harness.channel.choices.set(payload["phone"], [])
     await harness.post(with_id(payload, "R1", "something else"))

@@ -50,11 +50,19 @@ async def test_status_parses_connected_and_not_connected(
         side_effect=[
             httpx.Response(
                 200,
-                json={"connected": True, "error": "You are already connected.", "smartphoneConnected": True},
+                json={
+                    "connected": True,
+                    "error": "You are already connected.",
+                    "smartphoneConnected": True,
+                },
             ),
             httpx.Response(
                 200,
-                json={"connected": False, "error": "You are not connected.", "smartphoneConnected": False},
+                json={
+                    "connected": False,
+                    "error": "You are not connected.",
+                    "smartphoneConnected": False,
+                },
             ),
         ]
     )
@@ -67,7 +75,13 @@ async def test_status_parses_connected_and_not_connected(
 async def test_device_gives_the_paired_number(zapi: respx.MockRouter, client: ZApiClient) -> None:
     zapi["device"].mock(
         return_value=httpx.Response(
-            200, json={"phone": "5511999999999", "name": "Shop", "isBusiness": True, "originalDevice": "iphone"}
+            200,
+            json={
+                "phone": "5511999999999",
+                "name": "Shop",
+                "isBusiness": True,
+                "originalDevice": "iphone",
+            },
         )
     )
     device = await client.device()
@@ -90,20 +104,26 @@ async def test_instance_calls_use_zapi_verbs(
     assert zapi[endpoint].calls.last.request.method == method
 
 
-async def test_disconnect_reports_zapi_confirmation(zapi: respx.MockRouter, client: ZApiClient) -> None:
+async def test_disconnect_reports_zapi_confirmation(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
     zapi["disconnect"].mock(return_value=httpx.Response(200, json={"value": True}))
     assert await client.disconnect() is True
 
 
 @pytest.mark.parametrize("kind", WEBHOOK_KINDS)
-async def test_update_webhook_puts_the_url(zapi: respx.MockRouter, client: ZApiClient, kind: str) -> None:
+async def test_update_webhook_puts_the_url(
+    zapi: respx.MockRouter, client: ZApiClient, kind: str
+) -> None:
     assert await client.update_webhook(kind, "https://bot.example.com/hook") is True
     route = zapi[f"update-webhook-{kind}"]
     assert route.calls.last.request.method == "PUT"
     assert body_of(route) == {"value": "https://bot.example.com/hook"}
 
 
-async def test_update_every_webhook_and_notify_sent_by_me(zapi: respx.MockRouter, client: ZApiClient) -> None:
+async def test_update_every_webhook_and_notify_sent_by_me(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
     await client.update_every_webhook("https://bot.example.com/hook", notify_sent_by_me=True)
     await client.update_notify_sent_by_me(False)
     assert body_of(zapi["update-every-webhooks"]) == {
@@ -124,29 +144,53 @@ async def test_send_text_body_and_result(zapi: respx.MockRouter, client: ZApiCli
     assert zapi["send-text"].calls.last.request.method == "POST"
 
 
-async def test_send_bodies_match_zapi_documentation(zapi: respx.MockRouter, client: ZApiClient) -> None:
+async def test_send_bodies_match_zapi_documentation(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
     phone = "81896604192873@lid"
     await client.send_image(phone, "https://x.test/a.png", caption="A")
     await client.send_audio(phone, "https://x.test/a.ogg")
     await client.send_video(phone, "https://x.test/a.mp4", caption="V")
     await client.send_document(phone, "https://x.test/f.pdf", ".PDF", file_name="f.pdf")
     await client.send_link(phone, "see https://x.test", "https://x.test", title="T")
-    await client.send_location(phone, title="Shop", address="Av. Paulista", latitude="-23.5", longitude="-46.6")
+    await client.send_location(
+        phone, title="Shop", address="Av. Paulista", latitude="-23.5", longitude="-46.6"
+    )
     await client.send_reaction(phone, "MSGID", "👍")
     await client.send_button_list(phone, "Pick", [{"id": "/a", "label": "A"}])
     await client.send_option_list(
-        phone, "Pick", title="T", button_label="Open", options=[{"id": "/a", "title": "A", "description": ""}]
+        phone,
+        "Pick",
+        title="T",
+        button_label="Open",
+        options=[{"id": "/a", "title": "A", "description": ""}],
     )
-    await client.send_button_actions(phone, "Call", [{"id": "1", "type": "CALL", "label": "Call", "phone": "551100"}])
-    assert body_of(zapi["send-image"]) == {"phone": phone, "image": "https://x.test/a.png", "caption": "A"}
+    await client.send_button_actions(
+        phone, "Call", [{"id": "1", "type": "CALL", "label": "Call", "phone": "551100"}]
+    )
+    assert body_of(zapi["send-image"]) == {
+        "phone": phone,
+        "image": "https://x.test/a.png",
+        "caption": "A",
+    }
     assert body_of(zapi["send-audio"]) == {"phone": phone, "audio": "https://x.test/a.ogg"}
     assert body_of(zapi["send-video"])["video"] == "https://x.test/a.mp4"
     assert zapi["send-document"].calls.last.request.url.path.endswith("/send-document/pdf")
-    assert body_of(zapi["send-document"]) == {"phone": phone, "document": "https://x.test/f.pdf", "fileName": "f.pdf"}
+    assert body_of(zapi["send-document"]) == {
+        "phone": phone,
+        "document": "https://x.test/f.pdf",
+        "fileName": "f.pdf",
+    }
     assert body_of(zapi["send-link"])["linkUrl"] == "https://x.test"
     assert body_of(zapi["send-location"])["latitude"] == "-23.5"
-    assert body_of(zapi["send-reaction"]) == {"phone": phone, "messageId": "MSGID", "reaction": "👍"}
-    assert body_of(zapi["send-button-list"])["buttonList"] == {"buttons": [{"id": "/a", "label": "A"}]}
+    assert body_of(zapi["send-reaction"]) == {
+        "phone": phone,
+        "messageId": "MSGID",
+        "reaction": "👍",
+    }
+    assert body_of(zapi["send-button-list"])["buttonList"] == {
+        "buttons": [{"id": "/a", "label": "A"}]
+    }
     assert body_of(zapi["send-option-list"])["optionList"]["buttonLabel"] == "Open"
     assert body_of(zapi["send-button-actions"])["buttonActions"][0]["type"] == "CALL"
 
@@ -182,7 +226,9 @@ async def test_a_send_without_message_id_is_a_failure(
 async def test_403_with_zapi_body_is_invalid_credentials_without_the_token(
     zapi: respx.MockRouter, client: ZApiClient
 ) -> None:
-    zapi["status"].mock(return_value=httpx.Response(403, json={"error": f"Client-Token {CLIENT_TOKEN} not allowed"}))
+    zapi["status"].mock(
+        return_value=httpx.Response(403, json={"error": f"Client-Token {CLIENT_TOKEN} not allowed"})
+    )
     with pytest.raises(InvalidCredentials) as caught:
         await client.status()
     assert caught.value.status_code == 403
@@ -212,12 +258,16 @@ async def test_credential_failures_map_to_invalid_credentials(
 async def test_not_connected_answer_on_send_is_not_connected(
     zapi: respx.MockRouter, client: ZApiClient
 ) -> None:
-    zapi["send-text"].mock(return_value=httpx.Response(400, json={"error": "You are not connected."}))
+    zapi["send-text"].mock(
+        return_value=httpx.Response(400, json={"error": "You are not connected."})
+    )
     with pytest.raises(NotConnected):
         await client.send_text("5511999999999", "hi")
 
 
-async def test_other_errors_carry_status_and_zapi_text(zapi: respx.MockRouter, client: ZApiClient) -> None:
+async def test_other_errors_carry_status_and_zapi_text(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
     zapi["send-text"].mock(return_value=httpx.Response(500, json={"error": "Internal failure"}))
     with pytest.raises(ZApiResponseError) as caught:
         await client.send_text("5511999999999", "hi")
@@ -225,7 +275,9 @@ async def test_other_errors_carry_status_and_zapi_text(zapi: respx.MockRouter, c
     assert not isinstance(caught.value, InvalidCredentials)
 
 
-async def test_non_json_error_body_is_kept_short(zapi: respx.MockRouter, client: ZApiClient) -> None:
+async def test_non_json_error_body_is_kept_short(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
     zapi["send-text"].mock(return_value=httpx.Response(502, text="<html>" + "x" * 5000))
     with pytest.raises(ZApiResponseError) as caught:
         await client.send_text("5511999999999", "hi")
@@ -241,7 +293,9 @@ async def test_connect_timeout_means_the_request_was_not_sent(
     assert caught.value.request_sent is False
 
 
-async def test_read_timeout_means_the_outcome_is_unknown(zapi: respx.MockRouter, client: ZApiClient) -> None:
+async def test_read_timeout_means_the_outcome_is_unknown(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
     zapi["send-text"].mock(side_effect=httpx.ReadTimeout("timed out"))
     with pytest.raises(ZApiTimeout) as caught:
         await client.send_text("5511999999999", "hi")

@@ -32,7 +32,9 @@ def test_one_error_names_every_missing_or_empty_key() -> None:
 
 
 def test_no_credentials_at_all_names_every_key() -> None:
-    with pytest.raises(ConfigError, match="instance_id, instance_token, client_token, webhook_token"):
+    with pytest.raises(
+        ConfigError, match="instance_id, instance_token, client_token, webhook_token"
+    ):
         ChannelConfig.from_mapping(None)
 
 

@@ -8,6 +8,7 @@ import pytest
 # Importing Rasa tags every ${VAR} scalar globally in ruamel.yaml; these tests must hold with Rasa
 # loaded, as they are in rasa run and in the CLI's tests run in the same process.
 import rasa.shared.utils.io  # noqa: F401
+
 from zapi_channel.credstore import CredentialsFile, read_dotenv
 from zapi_channel.errors import ConfigError
 
@@ -51,7 +52,11 @@ def test_placeholders_stay_and_the_value_goes_to_dotenv(tmp_path: Path) -> None:
     store.write({"instance_token": "NEWTOKEN", "client_token": "NEWCLIENT"})
     assert path.read_text() == PLACEHOLDERS
     env = read_dotenv(tmp_path / ".env")
-    assert env == {"OTHER": "1", "ZAPI_INSTANCE_TOKEN": "NEWTOKEN", "ZAPI_CLIENT_TOKEN": "NEWCLIENT"}
+    assert env == {
+        "OTHER": "1",
+        "ZAPI_INSTANCE_TOKEN": "NEWTOKEN",
+        "ZAPI_CLIENT_TOKEN": "NEWCLIENT",
+    }
     assert "# local secrets" in (tmp_path / ".env").read_text()
 
 
@@ -85,7 +90,9 @@ def test_a_missing_block_is_created(tmp_path: Path) -> None:
     assert block == {"instance_id": "X", "active": False}
 
 
-def test_a_failed_yaml_write_puts_dotenv_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_yaml_write_puts_dotenv_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "credentials.yml"
     path.write_text(PLACEHOLDERS.replace("${ZAPI_CLIENT_TOKEN}", "LITERALCLIENT"))
     dotenv = tmp_path / ".env"
@@ -102,7 +109,9 @@ def test_a_failed_yaml_write_puts_dotenv_back(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(credstore, "atomic_write", failing)
     with pytest.raises(OSError):
-        CredentialsFile(path, environ={}).write({"instance_token": "new", "client_token": "newclient"})
+        CredentialsFile(path, environ={}).write(
+            {"instance_token": "new", "client_token": "newclient"}
+        )
     assert (path.read_bytes(), dotenv.read_bytes()) == before
 
 

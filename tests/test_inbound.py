@@ -20,7 +20,9 @@ def message(payload: Any, config: ChannelConfig) -> InboundMessage:
     return parsed
 
 
-def test_text_becomes_a_message_with_the_envelope_in_metadata(callback: Load, config: ChannelConfig) -> None:
+def test_text_becomes_a_message_with_the_envelope_in_metadata(
+    callback: Load, config: ChannelConfig
+) -> None:
     payload = callback("received_text")
     parsed = message(payload, config)
     assert parsed.text == "Hi there"
@@ -41,7 +43,9 @@ def test_text_becomes_a_message_with_the_envelope_in_metadata(callback: Load, co
     assert meta["participant_phone"] is None
 
 
-def test_lid_only_sender_is_answered_at_exactly_the_lid(callback: Load, config: ChannelConfig) -> None:
+def test_lid_only_sender_is_answered_at_exactly_the_lid(
+    callback: Load, config: ChannelConfig
+) -> None:
     parsed = message(callback("received_lid_only"), config)
     assert parsed.phone.endswith("@lid")
     assert parsed.phone == callback("received_lid_only")["phone"]
@@ -64,7 +68,9 @@ def test_list_reply_gives_the_selected_row_id(callback: Load, config: ChannelCon
     assert parsed.metadata["list"]["title"] == payload["listResponseMessage"]["title"]
 
 
-def test_image_caption_is_the_text_and_media_details_are_kept(callback: Load, config: ChannelConfig) -> None:
+def test_image_caption_is_the_text_and_media_details_are_kept(
+    callback: Load, config: ChannelConfig
+) -> None:
     payload = callback("received_image")
     parsed = message(payload, config)
     assert parsed.text == "Look at this"
@@ -74,7 +80,9 @@ def test_image_caption_is_the_text_and_media_details_are_kept(callback: Load, co
     assert media["mime_type"] == "image/jpeg"
 
 
-def test_image_without_caption_gets_the_configured_text(callback: Load, config: ChannelConfig) -> None:
+def test_image_without_caption_gets_the_configured_text(
+    callback: Load, config: ChannelConfig
+) -> None:
     parsed = message(callback("received_image_no_caption"), config)
     assert parsed.text == "/zapi_image"
 
@@ -126,7 +134,10 @@ def test_location_and_contact_are_kept_whole(callback: Load, config: ChannelConf
     location = callback("received_location")
     assert message(location, config).metadata["location"] == location["location"]
     contact = callback("received_contact")
-    assert message(contact, config).metadata["contact"]["displayName"] == contact["contact"]["displayName"]
+    assert (
+        message(contact, config).metadata["contact"]["displayName"]
+        == contact["contact"]["displayName"]
+    )
 
 
 def test_configured_media_text_is_used(callback: Load) -> None:
@@ -166,8 +177,12 @@ def test_a_broadcast_from_someone_else_is_ignored_for_being_a_broadcast(
     assert isinstance(parsed, Ignored) and "broadcast" in parsed.reason
 
 
-@pytest.mark.parametrize("flag", ["isNewsletter", "broadcast", "isStatusReply", "waitingMessage", "isGroup"])
-def test_each_flag_alone_is_enough_to_ignore(callback: Load, config: ChannelConfig, flag: str) -> None:
+@pytest.mark.parametrize(
+    "flag", ["isNewsletter", "broadcast", "isStatusReply", "waitingMessage", "isGroup"]
+)
+def test_each_flag_alone_is_enough_to_ignore(
+    callback: Load, config: ChannelConfig, flag: str
+) -> None:
     payload = callback("received_text")
     payload[flag] = True
     assert isinstance(parse_callback(payload, config), Ignored)
@@ -205,7 +220,9 @@ def test_unknown_type_is_ignored(callback: Load, config: ChannelConfig) -> None:
     assert isinstance(parse_callback(payload, config), Ignored)
 
 
-def test_delivery_error_is_a_warning_naming_message_and_error(callback: Load, config: ChannelConfig) -> None:
+def test_delivery_error_is_a_warning_naming_message_and_error(
+    callback: Load, config: ChannelConfig
+) -> None:
     payload = callback("delivery_error")
     parsed = parse_callback(payload, config)
     assert isinstance(parsed, Event)
@@ -238,14 +255,18 @@ def test_bodies_that_are_not_callbacks_are_invalid(payload: Any, config: Channel
 
 
 @pytest.mark.parametrize("missing", ["phone", "messageId"])
-def test_received_without_identity_is_invalid(callback: Load, config: ChannelConfig, missing: str) -> None:
+def test_received_without_identity_is_invalid(
+    callback: Load, config: ChannelConfig, missing: str
+) -> None:
     payload = callback("received_text")
     del payload[missing]
     assert isinstance(parse_callback(payload, config), Invalid)
 
 
 @pytest.mark.parametrize("bad", [None, 5, [], {"message": None}, {"message": "   "}])
-def test_wrong_types_in_content_never_raise(callback: Load, config: ChannelConfig, bad: Any) -> None:
+def test_wrong_types_in_content_never_raise(
+    callback: Load, config: ChannelConfig, bad: Any
+) -> None:
     payload = callback("received_text")
     payload["text"] = bad
     assert isinstance(parse_callback(payload, config), Ignored)

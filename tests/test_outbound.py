@@ -16,7 +16,11 @@ from zapi_channel.outbound import (
     text_bodies,
 )
 
-MENU = [Choice("A picture", "/ask_image"), Choice("A document", "/ask_document"), Choice("Talk to us", "/ask_help")]
+MENU = [
+    Choice("A picture", "/ask_image"),
+    Choice("A document", "/ask_document"),
+    Choice("Talk to us", "/ask_help"),
+]
 
 
 def test_short_text_is_one_part() -> None:
@@ -61,7 +65,12 @@ def test_render_choices_numbers_them_in_whatsapp_bold() -> None:
 
 @pytest.mark.parametrize(
     ("reply", "payload"),
-    [("2", "/ask_document"), (" 1. ", "/ask_image"), ("*3*", "/ask_help"), ("a DOCUMENT", "/ask_document")],
+    [
+        ("2", "/ask_document"),
+        (" 1. ", "/ask_image"),
+        ("*3*", "/ask_help"),
+        ("a DOCUMENT", "/ask_document"),
+    ],
 )
 def test_a_number_or_the_exact_title_maps_back_to_the_payload(reply: str, payload: str) -> None:
     chosen = match_choice(reply, MENU)
@@ -89,7 +98,12 @@ def test_more_than_three_buttons_become_an_option_list() -> None:
     many = [*MENU, Choice("Four", "/four")]
     endpoint, body = buttons_request("Pick", many, "buttons") or ("", {})
     assert endpoint == "send-option-list"
-    assert [o["id"] for o in body["optionList"]["options"]] == ["/ask_image", "/ask_document", "/ask_help", "/four"]
+    assert [o["id"] for o in body["optionList"]["options"]] == [
+        "/ask_image",
+        "/ask_document",
+        "/ask_help",
+        "/four",
+    ]
 
 
 def test_list_mode_uses_option_list_and_text_mode_uses_none() -> None:
@@ -117,9 +131,20 @@ def test_file_name_of_url() -> None:
 
 
 def test_custom_request_reaches_send_endpoints() -> None:
-    custom = {"zapi": {"endpoint": "send-location", "body": {"title": "Shop", "latitude": "1", "longitude": "2"}}}
-    assert custom_request(custom) == ("send-location", {"title": "Shop", "latitude": "1", "longitude": "2"})
-    assert custom_request({"zapi": {"endpoint": "send-document/pdf", "body": {}}})[0] == "send-document/pdf"
+    custom = {
+        "zapi": {
+            "endpoint": "send-location",
+            "body": {"title": "Shop", "latitude": "1", "longitude": "2"},
+        }
+    }
+    assert custom_request(custom) == (
+        "send-location",
+        {"title": "Shop", "latitude": "1", "longitude": "2"},
+    )
+    assert (
+        custom_request({"zapi": {"endpoint": "send-document/pdf", "body": {}}})[0]
+        == "send-document/pdf"
+    )
 
 
 @pytest.mark.parametrize(

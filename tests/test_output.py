@@ -47,12 +47,16 @@ async def output(make_output: Any) -> AsyncIterator[ZApiOutput]:
     yield make_output()
 
 
-async def test_text_goes_to_send_text_at_the_phone_as_received(zapi: respx.MockRouter, output: ZApiOutput) -> None:
+async def test_text_goes_to_send_text_at_the_phone_as_received(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
     await output.send_text_message("81896604192873@lid", "Hello!")
     assert sent(zapi["send-text"]) == [{"phone": "81896604192873@lid", "message": "Hello!"}]
 
 
-async def test_long_text_is_split_and_sent_in_order(zapi: respx.MockRouter, make_output: Any) -> None:
+async def test_long_text_is_split_and_sent_in_order(
+    zapi: respx.MockRouter, make_output: Any
+) -> None:
     output = make_output(max_text_length=100)
     paragraphs = [f"Paragraph {i}. " + "word " * 12 for i in range(5)]
     await output.send_text_message(PHONE, "\n\n".join(paragraphs))
@@ -61,7 +65,9 @@ async def test_long_text_is_split_and_sent_in_order(zapi: respx.MockRouter, make
     assert [m.split(".")[0] for m in messages] == [f"Paragraph {i}" for i in range(5)]
 
 
-async def test_delay_typing_is_sent_when_configured(zapi: respx.MockRouter, make_output: Any) -> None:
+async def test_delay_typing_is_sent_when_configured(
+    zapi: respx.MockRouter, make_output: Any
+) -> None:
     await make_output(delay_typing=2).send_text_message(PHONE, "hi")
     assert sent(zapi["send-text"])[0]["delayTyping"] == 2
 
@@ -77,24 +83,41 @@ async def test_attachment_file_goes_to_send_document_with_its_extension(
     await output.send_attachment(PHONE, "https://x.test/files/brochure.pdf")
     assert zapi["send-document"].calls.last.request.url.path.endswith("/send-document/pdf")
     assert sent(zapi["send-document"]) == [
-        {"phone": PHONE, "document": "https://x.test/files/brochure.pdf", "fileName": "brochure.pdf"}
+        {
+            "phone": PHONE,
+            "document": "https://x.test/files/brochure.pdf",
+            "fileName": "brochure.pdf",
+        }
     ]
 
 
-async def test_attachment_that_is_not_a_file_is_sent_as_a_link(zapi: respx.MockRouter, output: ZApiOutput) -> None:
+async def test_attachment_that_is_not_a_file_is_sent_as_a_link(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
     await output.send_attachment(PHONE, "https://x.test/pricing")
     assert sent(zapi["send-link"]) == [
         {"phone": PHONE, "message": "https://x.test/pricing", "linkUrl": "https://x.test/pricing"}
     ]
 
 
-async def test_custom_json_reaches_the_named_endpoint_with_phone(zapi: respx.MockRouter, output: ZApiOutput) -> None:
-    custom = {"zapi": {"endpoint": "send-location", "body": {"title": "Shop", "address": "Av", "latitude": "1", "longitude": "2"}}}
+async def test_custom_json_reaches_the_named_endpoint_with_phone(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
+    custom = {
+        "zapi": {
+            "endpoint": "send-location",
+            "body": {"title": "Shop", "address": "Av", "latitude": "1", "longitude": "2"},
+        }
+    }
     await output.send_custom_json(PHONE, custom)
-    assert sent(zapi["send-location"]) == [{"phone": PHONE, "title": "Shop", "address": "Av", "latitude": "1", "longitude": "2"}]
+    assert sent(zapi["send-location"]) == [
+        {"phone": PHONE, "title": "Shop", "address": "Av", "latitude": "1", "longitude": "2"}
+    ]
 
 
-async def test_custom_json_cannot_reach_instance_endpoints(zapi: respx.MockRouter, output: ZApiOutput) -> None:
+async def test_custom_json_cannot_reach_instance_endpoints(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
     await output.send_custom_json(PHONE, {"zapi": {"endpoint": "disconnect", "body": {}}})
     assert not zapi["disconnect"].called
 
@@ -104,7 +127,10 @@ async def test_buttons_in_text_mode_are_a_numbered_list_and_remembered(
 ) -> None:
     await output.send_text_with_buttons(PHONE, "What would you like?", MENU)
     assert sent(zapi["send-text"]) == [
-        {"phone": PHONE, "message": "What would you like?\n\n*1.* A picture\n*2.* A document\n*3.* Talk to us"}
+        {
+            "phone": PHONE,
+            "message": "What would you like?\n\n*1.* A picture\n*2.* A document\n*3.* Talk to us",
+        }
     ]
     assert output._choices.get(PHONE) == [Choice(b["title"], b["payload"]) for b in MENU]
 
@@ -112,18 +138,28 @@ async def test_buttons_in_text_mode_are_a_numbered_list_and_remembered(
 async def test_buttons_mode_uses_send_button_list(zapi: respx.MockRouter, make_output: Any) -> None:
     await make_output(buttons_as="buttons").send_text_with_buttons(PHONE, "Pick", MENU)
     [body] = sent(zapi["send-button-list"])
-    assert body["buttonList"]["buttons"] == [{"id": b["payload"], "label": b["title"]} for b in MENU]
+    assert body["buttonList"]["buttons"] == [
+        {"id": b["payload"], "label": b["title"]} for b in MENU
+    ]
     assert not zapi["send-text"].called
 
 
 async def test_list_mode_uses_send_option_list(zapi: respx.MockRouter, make_output: Any) -> None:
     await make_output(buttons_as="list").send_quick_replies(PHONE, "Pick", MENU)
     [body] = sent(zapi["send-option-list"])
-    assert [o["id"] for o in body["optionList"]["options"]] == ["/ask_image", "/ask_document", "/ask_help"]
+    assert [o["id"] for o in body["optionList"]["options"]] == [
+        "/ask_image",
+        "/ask_document",
+        "/ask_help",
+    ]
 
 
-async def test_failed_buttons_fall_back_to_numbered_text(zapi: respx.MockRouter, make_output: Any) -> None:
-    zapi["send-button-list"].mock(return_value=httpx.Response(400, json={"error": "button terms not accepted"}))
+async def test_failed_buttons_fall_back_to_numbered_text(
+    zapi: respx.MockRouter, make_output: Any
+) -> None:
+    zapi["send-button-list"].mock(
+        return_value=httpx.Response(400, json={"error": "button terms not accepted"})
+    )
     await make_output(buttons_as="buttons").send_text_with_buttons(PHONE, "Pick", MENU)
     assert "*2.* A document" in sent(zapi["send-text"])[0]["message"]
 
@@ -141,14 +177,25 @@ async def test_a_failing_send_never_raises_and_is_recorded(
         assert secret not in json.dumps(output.failures)
 
 
-async def test_rasa_send_response_keeps_the_order_of_one_response(zapi: respx.MockRouter, output: ZApiOutput) -> None:
+async def test_rasa_send_response_keeps_the_order_of_one_response(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
     order: List[str] = []
     for name in ("send-text", "send-image"):
-        zapi[name].side_effect = lambda request, name=name: (order.append(name), httpx.Response(200, json={"messageId": "X"}))[1]
-    await output.send_response(PHONE, {"text": "Here is a picture", "image": "https://x.test/a.png"})
+        zapi[name].side_effect = lambda request, name=name: (
+            order.append(name),
+            httpx.Response(200, json={"messageId": "X"}),
+        )[1]
+    await output.send_response(
+        PHONE, {"text": "Here is a picture", "image": "https://x.test/a.png"}
+    )
     assert order == ["send-text", "send-image"]
 
 
-async def test_send_response_passes_extra_keys_without_breaking(zapi: respx.MockRouter, output: ZApiOutput) -> None:
-    await output.send_response(PHONE, {"text": "hi", "buttons": MENU, "template_name": "utter_menu", "id": None})
+async def test_send_response_passes_extra_keys_without_breaking(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
+    await output.send_response(
+        PHONE, {"text": "hi", "buttons": MENU, "template_name": "utter_menu", "id": None}
+    )
     assert zapi["send-text"].called

@@ -61,7 +61,9 @@ async def test_connect_saves_after_validation_and_creates_a_webhook_token(
 async def test_connect_with_invalid_credentials_writes_nothing(
     zapi: respx.MockRouter, store: CredentialsFile, credentials: ZApiCredentials
 ) -> None:
-    zapi["status"].mock(return_value=httpx.Response(403, json={"error": f"Client-Token {CLIENT_TOKEN} not allowed"}))
+    zapi["status"].mock(
+        return_value=httpx.Response(403, json={"error": f"Client-Token {CLIENT_TOKEN} not allowed"})
+    )
     before = files(store)
     with pytest.raises(InvalidCredentials):
         await setup.connect(store, credentials, factory)
@@ -93,7 +95,9 @@ async def test_a_failed_rotation_keeps_the_previous_set_byte_for_byte(
     connected(zapi)
     await setup.connect(store, credentials, factory)
     before = files(store)
-    zapi["status"].mock(return_value=httpx.Response(403, json={"error": "Client-Token BAD not allowed"}))
+    zapi["status"].mock(
+        return_value=httpx.Response(403, json={"error": "Client-Token BAD not allowed"})
+    )
     with pytest.raises(InvalidCredentials):
         await setup.rotate(store, {"client_token": "BAD"}, factory)
     assert zapi["status"].calls.last.request.headers["Client-Token"] == "BAD"
@@ -117,7 +121,10 @@ async def test_disconnect_calls_zapi_and_marks_the_channel_inactive(
 
 
 def test_webhook_url_layout() -> None:
-    assert setup.webhook_url("https://bot.example.com/", "TOK") == "https://bot.example.com/webhooks/zapi/webhook?token=TOK"
+    assert (
+        setup.webhook_url("https://bot.example.com/", "TOK")
+        == "https://bot.example.com/webhooks/zapi/webhook?token=TOK"
+    )
     with pytest.raises(ConfigError):
         setup.webhook_url("bot.example.com", "TOK")
 

@@ -145,7 +145,8 @@ class CredentialsFile:
             return CommentedMap()
         if not isinstance(data, CommentedMap):
             raise ConfigError(f"{self.path} must be a mapping of channel names to settings")
-        return _untag(data)
+        _untag(data)
+        return data
 
     def raw_block(self) -> Dict[str, Any]:
         """The block as written, placeholders unexpanded; empty when absent."""

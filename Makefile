@@ -1,0 +1,58 @@
+# zapi-channel: one command to test, one to run the bot locally.
+#
+#   make test    create the virtual environment (Python 3.10), install, lint, run every test
+#   make run     train the demo bot if needed and run it against the local Z-API emulator
+#
+# Secrets for a real Z-API instance live in .env (git-ignored; `zapi-channel connect` writes it).
+
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Values in .env reach every command below (rasa expands ${ZAPI_...} from the environment).
+-include .env
+export
+
+export RASA_TELEMETRY_ENABLED := false
+# Rasa's own chatter (tensorflow, sqlalchemy) on stderr helps nobody during tests.
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: help venv lint test test-unit test-e2e run train constraints clean
+
+help:
+	@sed -n '1,8p' Makefile
+
+$(STAMP): pyproject.toml constraints.txt
+	@set -e; \
+	if [ ! -x $(BIN)/python ]; then \
+		py=$$(scripts/find-python); \
+		echo "Creating $(VENV) with $$py"; \
+		"$$py" -m venv $(VENV); \
+	fi; \
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2" wheel; \
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"; \
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -m "not e2e"
+
+test-e2e: $(STAMP)
+	$(BIN)/pytest -m e2e
+
+test: lint
+	$(BIN)/pytest
+
+constraints: $(STAMP)
+	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new
+	@mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache models/.demo-fingerprint
