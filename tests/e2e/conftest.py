@@ -1,0 +1,141 @@
+"""End-to-end fixtures: a trained demo model, the Z-API emulator, the action server, rasa run.
+
+Everything runs as real processes on loopback ports, the way a bot builder runs them. The model is
+trained once per test session into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+from tests.livesanic import free_port
+from tests.processes import BIN, ROOT, Process, child_env
+
+EMULATOR_INSTANCE = "E2E00000000000000000000000000001"
+EMULATOR_TOKEN = "e2e-instance-token-5a7c9e1f"
+EMULATOR_CLIENT = "e2e-client-token-2b4d6f8a"
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def trained_model(e2e_dir: Path) -> Path:
+    out = e2e_dir / "models"
+    result = subprocess.run(
+        [str(BIN / "rasa"), "train", "--out", str(out), "--fixed-model-name", "demo"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rasa train failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    model = out / "demo.tar.gz"
+    assert model.exists()
+    return model
+
+
+@dataclass
+class Stack:
+    emulator_url: str
+    rasa_url: str
+    webhook_token: str
+    processes: Dict[str, Process]
+
+    @property
+    def webhook(self) -> str:
+        return f"{self.rasa_url}/webhooks/zapi/webhook?token={self.webhook_token}"
+
+    def logs(self) -> str:
+        return "\n".join(p.log() for p in self.processes.values())
+
+
+@pytest.fixture(scope="session")
+def stack(trained_model: Path, e2e_dir: Path) -> Iterator[Stack]:
+    emulator_port, actions_port, rasa_port = free_port(), free_port(), free_port()
+    webhook_token = secrets.token_urlsafe(32)
+    emulator_url = f"http://127.0.0.1:{emulator_port}"
+    rasa_url = f"http://127.0.0.1:{rasa_port}"
+    credentials = e2e_dir / "credentials.yml"
+    credentials.write_text(
+        "zapi_channel.ZApiInput:\n"
+        f"  instance_id: {EMULATOR_INSTANCE}\n"
+        "  instance_token: ${E2E_INSTANCE_TOKEN}\n"
+        "  client_token: ${E2E_CLIENT_TOKEN}\n"
+        f"  webhook_token: {webhook_token}\n"
+        f"  base_url: {emulator_url}\n"
+    )
+    endpoints = e2e_dir / "endpoints.yml"
+    endpoints.write_text(f"action_endpoint:\n  url: http://127.0.0.1:{actions_port}/webhook\n")
+    os.environ["E2E_INSTANCE_TOKEN"] = EMULATOR_TOKEN
+    os.environ["E2E_CLIENT_TOKEN"] = EMULATOR_CLIENT
+    logs = e2e_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    processes: Dict[str, Process] = {}
+    try:
+        processes["emulator"] = Process(
+            "emulator",
+            [
+                sys.executable,
+                "-m",
+                "zapi_channel.emulator",
+                "--port",
+                str(emulator_port),
+                "--instance-id",
+                EMULATOR_INSTANCE,
+                "--instance-token",
+                EMULATOR_TOKEN,
+                "--client-token",
+                EMULATOR_CLIENT,
+                "--webhook-url",
+                f"{rasa_url}/webhooks/zapi/webhook?token={webhook_token}",
+            ],
+            logs,
+        )
+        processes["actions"] = Process(
+            "actions",
+            [str(BIN / "rasa"), "run", "actions", "--actions", "actions", "-p", str(actions_port)],
+            logs,
+        )
+        processes["rasa"] = Process(
+            "rasa",
+            [
+                str(BIN / "rasa"),
+                "run",
+                "-m",
+                str(trained_model),
+                "--credentials",
+                str(credentials),
+                "--endpoints",
+                str(endpoints),
+                "-p",
+                str(rasa_port),
+                "-i",
+                "127.0.0.1",
+                "--debug",
+            ],
+            logs,
+        )
+        processes["emulator"].wait_http(f"{emulator_url}/_emulator/health", 30)
+        processes["actions"].wait_http(f"http://127.0.0.1:{actions_port}/health", 120)
+        processes["rasa"].wait_http(f"{rasa_url}/webhooks/zapi/", 240)
+        yield Stack(emulator_url, rasa_url, webhook_token, processes)
+    finally:
+        for process in reversed(list(processes.values())):
+            process.stop()
+        # Keep the logs beside the test's temporary folder for humans; drop the big model copy.
+        shutil.rmtree(e2e_dir / "models", ignore_errors=True)

@@ -1,0 +1,274 @@
+"""The real ``zapi-channel`` command against the Z-API emulator standing in for Z-API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+import httpx
+import pytest
+
+from tests.livesanic import free_port
+from tests.processes import BIN, Process, child_env
+
+INSTANCE = "CLI00000000000000000000000000001"
+TOKEN = "cli-instance-token-9f8e7d6c"
+CLIENT = "cli-client-token-1a2b3c4d"
+PLACEHOLDERS = """\
+# Rasa channels
+zapi_channel.ZApiInput:
+  instance_id: ${ZAPI_INSTANCE_ID}
+  instance_token: ${ZAPI_INSTANCE_TOKEN}
+  client_token: ${ZAPI_CLIENT_TOKEN}
+  webhook_token: ${ZAPI_WEBHOOK_TOKEN}
+"""
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    process = Process(
+        "cli-emulator",
+        [
+            sys.executable,
+            "-m",
+            "zapi_channel.emulator",
+            "--port",
+            str(port),
+            "--instance-id",
+            INSTANCE,
+            "--instance-token",
+            TOKEN,
+            "--client-token",
+            CLIENT,
+            "--phone",
+            "5511912345678",
+        ],
+        tmp_path_factory.mktemp("cli-emulator"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/_emulator/health", 30)
+    yield url
+    process.stop()
+
+
+@pytest.fixture(autouse=True)
+def connected(emulator: str) -> None:
+    httpx.post(
+        f"{emulator}/_emulator/connection", json={"connected": True}, timeout=5
+    ).raise_for_status()
+
+
+class Project:
+    def __init__(self, root: Path, emulator: str) -> None:
+        self.root = root
+        self.emulator = emulator
+        self.credentials = root / "credentials.yml"
+        self.credentials.write_text(PLACEHOLDERS)
+        self.dotenv = root / ".env"
+
+    def run(self, *args: str, stdin: str = "") -> Tuple[int, str]:
+        env = child_env()
+        for key in (
+            "ZAPI_INSTANCE_ID",
+            "ZAPI_INSTANCE_TOKEN",
+            "ZAPI_CLIENT_TOKEN",
+            "ZAPI_WEBHOOK_TOKEN",
+        ):
+            env.pop(key, None)
+        result = subprocess.run(
+            [str(BIN / "zapi-channel"), *args, "--credentials", str(self.credentials)],
+            cwd=self.root,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return result.returncode, result.stdout + result.stderr
+
+    def connect(self, client_token: str = CLIENT, *extra: str) -> Tuple[int, str]:
+        return self.run(
+            "connect",
+            "--instance-id",
+            f"  {INSTANCE}\n",
+            "--instance-token",
+            TOKEN,
+            "--client-token",
+            client_token,
+            "--base-url",
+            self.emulator,
+            *extra,
+        )
+
+    def files(self) -> Dict[str, Optional[bytes]]:
+        return {
+            p.name: p.read_bytes() if p.exists() else None for p in (self.credentials, self.dotenv)
+        }
+
+    def env(self) -> Dict[str, str]:
+        pairs = (line.split("=", 1) for line in self.dotenv.read_text().splitlines() if "=" in line)
+        return {key: value for key, value in pairs}
+
+
+@pytest.fixture
+def project(tmp_path: Path, emulator: str) -> Project:
+    return Project(tmp_path, emulator)
+
+
+def assert_no_secret(output: str, *extra: str) -> None:
+    for secret in (TOKEN, CLIENT, *extra):
+        assert secret not in output
+
+
+def test_connect_validates_saves_and_prints_the_webhook_url(project: Project) -> None:
+    code, output = project.connect(CLIENT, "--public-url", "https://bot.example.com")
+    assert code == 0, output
+    assert "Credentials are valid" in output
+    assert "Connected" in output
+    env = project.env()
+    assert env["ZAPI_INSTANCE_ID"] == INSTANCE
+    assert env["ZAPI_INSTANCE_TOKEN"] == TOKEN
+    assert env["ZAPI_CLIENT_TOKEN"] == CLIENT
+    hook = env["ZAPI_WEBHOOK_TOKEN"]
+    assert f"https://bot.example.com/webhooks/zapi/webhook?token={hook}" in output
+    # Placeholders stay placeholders; only the non-secret, non-default address is written.
+    assert project.credentials.read_text() == PLACEHOLDERS + f"  base_url: {project.emulator}\n"
+    assert_no_secret(output)
+
+
+def test_connect_with_a_wrong_client_token_says_invalid_and_writes_nothing(
+    project: Project,
+) -> None:
+    before = project.files()
+    code, output = project.connect("WRONG-client-token-0000")
+    assert code == 3
+    assert "Invalid credentials" in output
+    assert "Nothing was saved" in output
+    assert project.files() == before
+    # Z-API echoes the wrong token in its 403; it must not be printed either.
+    assert_no_secret(output, "WRONG-client-token-0000")
+
+
+def test_connect_when_zapi_is_unreachable_is_a_network_error(project: Project) -> None:
+    before = project.files()
+    code, output = project.run(
+        "connect",
+        "--instance-id",
+        INSTANCE,
+        "--instance-token",
+        TOKEN,
+        "--client-token",
+        CLIENT,
+        "--base-url",
+        f"http://127.0.0.1:{free_port()}",
+    )
+    assert code == 5, output
+    assert "Could not reach Z-API" in output
+    assert project.files() == before
+
+
+def test_connect_reads_hidden_prompts_from_stdin(project: Project) -> None:
+    code, output = project.run(
+        "connect", "--base-url", project.emulator, stdin=f"{INSTANCE}\n{TOKEN}\n {CLIENT} \n"
+    )
+    assert code == 0, output
+    assert project.env()["ZAPI_CLIENT_TOKEN"] == CLIENT
+    assert_no_secret(output)
+
+
+def test_connect_on_an_unpaired_instance_saves_and_says_to_scan_the_qr_code(
+    project: Project,
+) -> None:
+    httpx.post(f"{project.emulator}/_emulator/connection", json={"connected": False}, timeout=5)
+    code, output = project.connect()
+    assert code == 0
+    assert "not connected yet" in output and "QR code" in output
+
+
+def test_verify_connected_shows_the_number(project: Project) -> None:
+    project.connect()
+    code, output = project.run("verify")
+    assert code == 0
+    assert "Connected: WhatsApp number 5511912345678" in output
+
+
+def test_verify_not_connected_says_what_to_do(project: Project) -> None:
+    project.connect()
+    httpx.post(f"{project.emulator}/_emulator/connection", json={"connected": False}, timeout=5)
+    code, output = project.run("verify")
+    assert code == 4
+    assert "The instance is not connected yet" in output
+    assert "scan the instance's QR code" in output
+
+
+def test_verify_without_credentials_names_what_is_missing(project: Project) -> None:
+    code, output = project.run("verify")
+    assert code == 2
+    assert "instance_id, instance_token, client_token" in output
+
+
+def test_webhook_url_is_stable_across_rotation(project: Project) -> None:
+    project.connect()
+    _, first = project.run("webhook-url", "--public-url", "https://bot.example.com")
+    code, output = project.run("rotate", "--client-token", f"{CLIENT}\n")
+    assert code == 0, output
+    assert "webhook URL is unchanged" in output
+    _, second = project.run("webhook-url", "--public-url", "https://bot.example.com")
+    assert first == second
+    assert first.startswith("https://bot.example.com/webhooks/zapi/webhook?token=")
+
+
+def test_a_failed_rotation_keeps_the_previous_credentials_byte_for_byte(project: Project) -> None:
+    project.connect()
+    before = project.files()
+    code, output = project.run("rotate", "--client-token", "not-the-right-one")
+    assert code == 3
+    assert "previous credentials are kept" in output
+    assert project.files() == before
+    assert_no_secret(output, "not-the-right-one")
+
+
+def test_register_webhook_refuses_http_and_sets_https(project: Project) -> None:
+    project.connect()
+    code, output = project.run("register-webhook", "--public-url", "http://bot.example.com")
+    assert code == 2
+    assert "https" in output
+    code, output = project.run("register-webhook", "--public-url", "https://bot.example.com")
+    assert code == 0, output
+    me = httpx.get(
+        f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}/me",
+        headers={"Client-Token": CLIENT},
+        timeout=5,
+    ).json()
+    assert me["receivedCallbackUrl"].startswith(
+        "https://bot.example.com/webhooks/zapi/webhook?token="
+    )
+
+
+def test_disconnect_ends_the_session_and_marks_the_channel_inactive(project: Project) -> None:
+    project.connect()
+    code, output = project.run("disconnect")
+    assert code == 0, output
+    assert "inactive" in output and "still exists" in output
+    assert "active: false" in project.credentials.read_text()
+    _, verify = project.run("verify")
+    assert "not connected" in verify
+    # Connecting again reactivates the channel.
+    httpx.post(f"{project.emulator}/_emulator/connection", json={"connected": True}, timeout=5)
+    project.connect()
+    assert "active: true" in project.credentials.read_text()
+
+
+def test_python_dash_m_is_the_same_command(project: Project) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "zapi_channel", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "connect" in result.stdout and "Exit codes" in result.stdout
