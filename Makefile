@@ -50,6 +50,9 @@ test-e2e: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+run: $(STAMP)
+	$(BIN)/python scripts/run_local.py
+
 constraints: $(STAMP)
 	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new
 	@mv constraints.new constraints.txt

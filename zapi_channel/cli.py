@@ -254,6 +254,9 @@ def _parser() -> argparse.ArgumentParser:
         "disconnect", parents=[common], help="end the WhatsApp session and deactivate the channel"
     )
     disconnect.set_defaults(handler=_cmd_disconnect)
+
+    # Listed here for --help; main() hands its arguments to the emulator's own parser.
+    subs.add_parser("emulator", help="run a local Z-API emulator (see `zapi-channel emulator -h`)")
     return parser
 
 
@@ -288,8 +291,13 @@ def main(
     stdin: TextIO = sys.stdin,
 ) -> int:
     """Run the command line; returns the exit code."""
+    arguments = list(argv) if argv is not None else sys.argv[1:]
+    if arguments[:1] == ["emulator"]:
+        from zapi_channel import emulator
+
+        return emulator.main(arguments[1:], prog="zapi-channel emulator")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(list(argv) if argv is not None else None)
+    args = _parser().parse_args(arguments)
     args.credentials = getattr(args, "credentials", Path("credentials.yml"))
     args.timeout = getattr(args, "timeout", 15.0)
     args.stdin = stdin

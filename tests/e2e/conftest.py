@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Dict, Iterator
 import pytest
 
 from tests.livesanic import free_port
-from tests.processes import BIN, ROOT, Process, child_env
+from tests.processes import BIN, ROOT, Process
 
 EMULATOR_INSTANCE = "E2E00000000000000000000000000001"
 EMULATOR_TOKEN = "e2e-instance-token-5a7c9e1f"
@@ -31,22 +29,16 @@ def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_model(e2e_dir: Path) -> Path:
-    out = e2e_dir / "models"
-    result = subprocess.run(
-        [str(BIN / "rasa"), "train", "--out", str(out), "--fixed-model-name", "demo"],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"rasa train failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    model = out / "demo.tar.gz"
-    assert model.exists()
-    return model
+def trained_model() -> Path:
+    """The demo model ``make run`` uses, trained only when its training data changed."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import run_local
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    run_local.train_if_needed()
+    assert run_local.MODEL.exists()
+    return Path(run_local.MODEL)
 
 
 @dataclass
@@ -137,5 +129,3 @@ def stack(trained_model: Path, e2e_dir: Path) -> Iterator[Stack]:
     finally:
         for process in reversed(list(processes.values())):
             process.stop()
-        # Keep the logs beside the test's temporary folder for humans; drop the big model copy.
-        shutil.rmtree(e2e_dir / "models", ignore_errors=True)
