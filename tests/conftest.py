@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
@@ -30,6 +32,8 @@ def channel_block(**overrides: Any) -> Dict[str, Any]:
         "instance_token": INSTANCE_TOKEN,
         "client_token": CLIENT_TOKEN,
         "webhook_token": WEBHOOK_TOKEN,
+        # Never the project's own journal: a failure in a test must not land in the work tree.
+        "failed_sends_path": str(Path(tempfile.gettempdir()) / f"zapi-tests-{os.getpid()}.jsonl"),
     }
     block.update(overrides)
     return block

@@ -272,3 +272,67 @@ def test_python_dash_m_is_the_same_command(project: Project) -> None:
     )
     assert result.returncode == 0
     assert "connect" in result.stdout and "Exit codes" in result.stdout
+
+
+def write_journal(project: Project) -> Path:
+    from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
+
+    journal = JsonlJournal(project.root / "failed-sends.jsonl")
+    journal.record("send-text", {"phone": "5511970000001", "message": "first"}, "HTTP 503", FAILED)
+    journal.record(
+        "send-text", {"phone": "5511970000001", "message": "maybe sent"}, "timeout", UNKNOWN
+    )
+    journal.record("send-text", {"phone": "5511970000001", "message": "second"}, "HTTP 503", FAILED)
+    return journal.path
+
+
+def bot_texts(project: Project, phone: str) -> list:  # type: ignore[type-arg]
+    messages = httpx.get(
+        f"{project.emulator}/_emulator/messages", params={"phone": phone}, timeout=5
+    ).json()
+    return [m["text"] for m in messages["messages"] if m["from"] == "bot"]
+
+
+def test_failed_list_shows_the_journal(project: Project) -> None:
+    project.connect()
+    write_journal(project)
+    code, output = project.run("failed", "list")
+    assert code == 0
+    assert output.count("send-text") == 3
+    assert "'first'" in output and "unknown" in output
+
+
+def test_failed_retry_resends_failed_entries_in_order_and_keeps_unknown_ones(
+    project: Project,
+) -> None:
+    project.connect()
+    path = write_journal(project)
+    httpx.delete(f"{project.emulator}/_emulator/messages", timeout=5)
+    code, output = project.run("failed", "retry")
+    assert code == 0, output
+    assert bot_texts(project, "5511970000001") == ["first", "second"]
+    remaining = [line for line in path.read_text().splitlines() if line]
+    assert len(remaining) == 1 and "maybe sent" in remaining[0]
+    # An unknown outcome is resent only when named.
+    entry_id = remaining[0].split('"id": "')[1].split('"')[0]
+    code, output = project.run("failed", "retry", entry_id)
+    assert code == 0, output
+    assert bot_texts(project, "5511970000001") == ["first", "second", "maybe sent"]
+    assert path.read_text().strip() == ""
+
+
+def test_failed_retry_keeps_what_still_fails(project: Project) -> None:
+    project.connect()
+    path = write_journal(project)
+    httpx.post(
+        f"{project.emulator}/_emulator/faults",
+        json={"fail_sends": 100, "fail_status": 400},
+        timeout=5,
+    )
+    try:
+        code, output = project.run("failed", "retry")
+    finally:
+        httpx.delete(f"{project.emulator}/_emulator/faults", timeout=5)
+    assert code == 1
+    assert "still failing" in output
+    assert len([line for line in path.read_text().splitlines() if line]) == 3

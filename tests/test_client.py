@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, List
 
 import httpx
 import pytest
@@ -11,19 +11,33 @@ import respx
 from tests.conftest import API, CLIENT_TOKEN, INSTANCE_TOKEN, SECRETS
 from zapi_channel.client import WEBHOOK_KINDS, ZApiClient, check_response
 from zapi_channel.config import ZApiCredentials
+from zapi_channel.retry import RetryPolicy
 from zapi_channel.errors import (
     InvalidCredentials,
     NotConnected,
     SendNotAccepted,
     TransportError,
+    ZApiRequestError,
     ZApiResponseError,
     ZApiTimeout,
 )
 
 
+class Sleeps(List[float]):
+    """Records the waits between retries instead of sleeping."""
+
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
 @pytest.fixture
-async def client(credentials: ZApiCredentials) -> AsyncIterator[ZApiClient]:
-    async with ZApiClient(credentials) as zapi_client:
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+async def client(credentials: ZApiCredentials, sleeps: Sleeps) -> AsyncIterator[ZApiClient]:
+    async with ZApiClient(credentials, sleep=sleeps) as zapi_client:
         yield zapi_client
 
 
@@ -343,3 +357,78 @@ async def test_httpx_request_log_lines_do_not_carry_the_instance_token(
 def test_check_response_returns_decoded_body_on_success() -> None:
     response = httpx.Response(200, json={"value": True})
     assert check_response("restart", response) == {"value": True}
+
+
+OK = httpx.Response(200, json={"messageId": "M1"})
+
+
+@pytest.mark.parametrize("status", [502, 503, 504, 429])
+async def test_transient_statuses_are_retried_until_success(
+    zapi: respx.MockRouter, client: ZApiClient, sleeps: Sleeps, status: int
+) -> None:
+    zapi["send-text"].mock(side_effect=[httpx.Response(status), httpx.Response(status), OK])
+    result = await client.send_text("5511999999999", "hi")
+    assert result.message_id == "M1"
+    assert zapi["send-text"].call_count == 3
+    assert len(sleeps) == 2
+    assert all(0 <= wait <= client.retry.max_seconds for wait in sleeps)
+
+
+async def test_retry_after_is_honoured(
+    zapi: respx.MockRouter, client: ZApiClient, sleeps: Sleeps
+) -> None:
+    zapi["send-text"].mock(side_effect=[httpx.Response(429, headers={"Retry-After": "7"}), OK])
+    await client.send_text("5511999999999", "hi")
+    assert sleeps == [7.0]
+
+
+async def test_a_huge_retry_after_is_capped(
+    zapi: respx.MockRouter, client: ZApiClient, sleeps: Sleeps
+) -> None:
+    zapi["send-text"].mock(side_effect=[httpx.Response(503, headers={"Retry-After": "3600"}), OK])
+    await client.send_text("5511999999999", "hi")
+    assert sleeps == [client.retry.max_retry_after]
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 500])
+async def test_client_errors_are_not_retried(
+    zapi: respx.MockRouter, client: ZApiClient, sleeps: Sleeps, status: int
+) -> None:
+    zapi["send-text"].mock(return_value=httpx.Response(status, json={"error": "no"}))
+    with pytest.raises(ZApiRequestError):
+        await client.send_text("5511999999999", "hi")
+    assert zapi["send-text"].call_count == 1
+    assert sleeps == []
+
+
+async def test_a_refused_connection_is_retried(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    zapi["send-text"].mock(side_effect=[httpx.ConnectError("refused"), OK])
+    assert (await client.send_text("5511999999999", "hi")).message_id == "M1"
+
+
+async def test_a_read_timeout_is_never_resent(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    zapi["send-text"].mock(side_effect=[httpx.ReadTimeout("slow"), OK])
+    with pytest.raises(ZApiTimeout):
+        await client.send_text("5511999999999", "hi")
+    assert zapi["send-text"].call_count == 1
+
+
+async def test_a_missing_message_id_is_not_retried(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["send-text"].mock(side_effect=[httpx.Response(200, json={"value": False}), OK])
+    with pytest.raises(SendNotAccepted):
+        await client.send_text("5511999999999", "hi")
+    assert zapi["send-text"].call_count == 1
+
+
+async def test_retries_stop_at_the_bound_with_the_last_error(
+    zapi: respx.MockRouter, credentials: ZApiCredentials, sleeps: Sleeps
+) -> None:
+    zapi["send-text"].mock(return_value=httpx.Response(503, json={"error": "busy"}))
+    async with ZApiClient(credentials, retry=RetryPolicy(attempts=3), sleep=sleeps) as client:
+        with pytest.raises(ZApiResponseError) as caught:
+            await client.send_text("5511999999999", "hi")
+    assert caught.value.status_code == 503
+    assert zapi["send-text"].call_count == 3
+    assert len(sleeps) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any, AsyncIterator, Dict, List
 
 import httpx
@@ -14,6 +15,7 @@ from tests.conftest import SECRETS, channel_block
 from zapi_channel.channel import ZApiOutput
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import ChannelConfig
+from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
 from zapi_channel.memory import TTLCache
 from zapi_channel.outbound import Choice
 
@@ -29,15 +31,17 @@ def sent(route: respx.Route) -> List[Dict[str, Any]]:
     return [json.loads(call.request.content) for call in route.calls]
 
 
-@pytest.fixture
-def make_output() -> Any:
-    clients: List[ZApiClient] = []
+async def no_sleep(seconds: float) -> None:
+    return None
 
+
+@pytest.fixture
+def make_output(tmp_path: Path) -> Any:
     def make(**overrides: Any) -> ZApiOutput:
         config = ChannelConfig.from_mapping(channel_block(**overrides))
-        client = ZApiClient(config.credentials)
-        clients.append(client)
-        return ZApiOutput(client, config, TTLCache(ttl=60, max_items=10))
+        client = ZApiClient(config.credentials, sleep=no_sleep)
+        journal = JsonlJournal(tmp_path / "failed-sends.jsonl")
+        return ZApiOutput(client, config, TTLCache(ttl=60, max_items=10), journal)
 
     return make
 
@@ -164,17 +168,62 @@ async def test_failed_buttons_fall_back_to_numbered_text(
     assert "*2.* A document" in sent(zapi["send-text"])[0]["message"]
 
 
-async def test_a_failing_send_never_raises_and_is_recorded(
+async def test_a_failing_send_never_raises_and_is_journaled(
     zapi: respx.MockRouter, output: ZApiOutput, caplog: pytest.LogCaptureFixture
 ) -> None:
     zapi["send-text"].mock(return_value=httpx.Response(500, json={"error": "boom"}))
     with caplog.at_level(logging.ERROR):
         await output.send_text_message(PHONE, "hi")
-    assert output.failures and output.failures[0]["endpoint"] == "send-text"
-    assert "boom" in caplog.text
+    [entry] = output.journal.entries()
+    assert (entry.endpoint, entry.body, entry.outcome) == (
+        "send-text",
+        {"phone": PHONE, "message": "hi"},
+        FAILED,
+    )
+    assert "boom" in entry.error
+    assert entry.id in caplog.text and "zapi-channel failed retry" in caplog.text
+    journal_text = output.journal.path.read_text()
     for secret in SECRETS:
         assert secret not in caplog.text
-        assert secret not in json.dumps(output.failures)
+        assert secret not in journal_text
+
+
+async def test_a_transient_failure_is_retried_and_not_journaled(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
+    zapi["send-text"].mock(
+        side_effect=[httpx.Response(503), httpx.Response(200, json={"messageId": "M"})]
+    )
+    await output.send_text_message(PHONE, "hi")
+    assert zapi["send-text"].call_count == 2
+    assert output.journal.entries() == []
+
+
+async def test_an_answer_whose_outcome_is_unknown_is_journaled_as_unknown_not_resent(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
+    zapi["send-text"].mock(side_effect=httpx.ReadTimeout("no answer"))
+    await output.send_text_message(PHONE, "hi")
+    assert zapi["send-text"].call_count == 1
+    assert [e.outcome for e in output.journal.entries()] == [UNKNOWN]
+
+
+async def test_when_a_part_fails_the_later_parts_of_the_same_text_are_journaled_not_sent(
+    zapi: respx.MockRouter, make_output: Any
+) -> None:
+    output = make_output(max_text_length=100)
+    zapi["send-text"].mock(
+        side_effect=[
+            httpx.Response(200, json={"messageId": "1"}),
+            httpx.Response(400, json={"error": "bad"}),
+        ]
+    )
+    await output.send_text_message(PHONE, "\n\n".join(["a" * 90, "b" * 90, "c" * 10]))
+    assert zapi["send-text"].call_count == 2
+    failed, skipped = output.journal.entries()
+    assert failed.body["message"] == "b" * 90
+    assert skipped.body["message"] == "c" * 10
+    assert "earlier part" in skipped.error
 
 
 async def test_rasa_send_response_keeps_the_order_of_one_response(

@@ -15,9 +15,11 @@ them to sanic and to Rasa's ``on_new_message``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
 
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
@@ -27,8 +29,9 @@ from sanic.response import HTTPResponse
 
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import ChannelConfig
-from zapi_channel.errors import ZApiError
+from zapi_channel.errors import TransportError, ZApiError
 from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
+from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
 from zapi_channel.memory import Deduplicator, TTLCache
 from zapi_channel.outbound import (
     Choice,
@@ -42,6 +45,7 @@ from zapi_channel.outbound import (
     render_choices,
     text_bodies,
 )
+from zapi_channel.retry import RetryPolicy
 from zapi_channel.workers import ConversationWorkers
 
 logger = logging.getLogger(__name__)
@@ -68,12 +72,12 @@ class ZApiOutput(OutputChannel):
         client: ZApiClient,
         config: ChannelConfig,
         choices: TTLCache[List[Choice]],
+        journal: JsonlJournal,
     ) -> None:
         self.client = client
         self.config = config
         self._choices = choices
-        #: Requests that Z-API did not accept, for the caller to inspect (tests, journals).
-        self.failures: List[Dict[str, Any]] = []
+        self.journal = journal
 
     def __repr__(self) -> str:
         return f"ZApiOutput({self.client.credentials!r})"
@@ -83,19 +87,43 @@ class ZApiOutput(OutputChannel):
         try:
             await self.client.send(endpoint, request)
         except ZApiError as exc:
-            logger.error(
-                "Z-API did not take an answer for %s (%s): %s", recipient_id, endpoint, exc
+            # Retries (zapi_channel.retry) are exhausted, or repeating could deliver twice.
+            sent = isinstance(exc, TransportError) and exc.request_sent
+            outcome = UNKNOWN if sent else FAILED
+            loop = asyncio.get_running_loop()
+            entry = await loop.run_in_executor(
+                None, self.journal.record, endpoint, request, str(exc), outcome
             )
-            self.failures.append({"endpoint": endpoint, "body": request, "error": str(exc)})
+            logger.error(
+                "Z-API did not take an answer for %s (%s, outcome %s): %s. Kept as %s in %s; "
+                "resend with `zapi-channel failed retry %s`.",
+                recipient_id,
+                endpoint,
+                outcome,
+                exc,
+                entry.id,
+                self.journal.path,
+                entry.id,
+            )
             return False
         return True
 
     async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
-        for endpoint, body in text_bodies(
-            text, self.config.max_text_length, self.config.delay_typing
-        ):
+        parts = text_bodies(text, self.config.max_text_length, self.config.delay_typing)
+        for index, (endpoint, body) in enumerate(parts):
             if not await self._deliver(recipient_id, endpoint, body):
-                # The later parts would read as nonsense without this one.
+                # The later parts would read as nonsense without this one: they are kept in the
+                # journal, in order, to be resent together with it.
+                loop = asyncio.get_running_loop()
+                for later_endpoint, later_body in parts[index + 1 :]:
+                    await loop.run_in_executor(
+                        None,
+                        self.journal.record,
+                        later_endpoint,
+                        {"phone": recipient_id, **later_body},
+                        f"not sent: an earlier part of the same answer failed ({endpoint})",
+                        FAILED,
+                    )
                 return
 
     async def send_image_url(self, recipient_id: str, image: str, **kwargs: Any) -> None:
@@ -196,6 +224,7 @@ class ZApiInput(InputChannel):
         self.dedup = deduplicator or Deduplicator()
         self.choices: TTLCache[List[Choice]] = TTLCache(ttl=CHOICES_TTL_SECONDS, max_items=100_000)
         self.workers = ConversationWorkers(config.max_concurrency)
+        self.journal = JsonlJournal(Path(config.failed_sends_path))
 
     def __repr__(self) -> str:
         return f"ZApiInput({self.config!r})"
@@ -209,11 +238,12 @@ class ZApiInput(InputChannel):
                 self.config.credentials,
                 http_client=self._http_client,
                 timeout=self.config.timeout_seconds,
+                retry=RetryPolicy(attempts=self.config.retry_attempts),
             )
         return self._client
 
     def get_output_channel(self) -> ZApiOutput:
-        return ZApiOutput(self.client, self.config, self.choices)
+        return ZApiOutput(self.client, self.config, self.choices, self.journal)
 
     async def close(self, grace_seconds: float = 10.0) -> None:
         """Finish queued turns (up to ``grace_seconds``), then close the HTTP client."""

@@ -33,6 +33,7 @@ from zapi_channel.errors import (
     TransportError,
     ZApiError,
 )
+from zapi_channel.journal import UNKNOWN, JsonlJournal
 
 EXIT_OK = 0
 EXIT_ZAPI_ERROR = 1
@@ -186,6 +187,69 @@ async def _cmd_disconnect(args: argparse.Namespace, store: CredentialsFile, out:
     return EXIT_OK
 
 
+def _journal(args: argparse.Namespace, store: CredentialsFile) -> JsonlJournal:
+    if args.journal:
+        return JsonlJournal(Path(args.journal))
+    configured = clean(store.resolved_block().get("failed_sends_path"))
+    return JsonlJournal(Path(configured or "failed-sends.jsonl"))
+
+
+async def _cmd_failed_list(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    journal = _journal(args, store)
+    entries = journal.entries()
+    if not entries:
+        out(f"No failed sends in {journal.path}.")
+        return EXIT_OK
+    out(f"{len(entries)} answer(s) Z-API did not take ({journal.path}):")
+    for entry in entries:
+        preview = str(entry.body.get("message") or entry.body.get("caption") or "")[:40]
+        out(
+            f"  {entry.id}  {entry.at}  {entry.endpoint:<18} {entry.phone:<16} "
+            f"{entry.outcome:<8} {preview!r}",
+            f"      {entry.error}",
+        )
+    out(
+        "Resend with `zapi-channel failed retry` (all failed ones) or `... retry ID ...`.",
+        "Entries marked unknown may already have reached the customer: they are resent only by ID.",
+    )
+    return EXIT_OK
+
+
+async def _cmd_failed_retry(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    journal = _journal(args, store)
+    entries = journal.entries()
+    if args.ids:
+        chosen = [entry for entry in entries if entry.id in set(args.ids)]
+        missing = sorted(set(args.ids) - {entry.id for entry in chosen})
+        if missing:
+            raise ConfigError(f"Not in {journal.path}: {', '.join(missing)}")
+    else:
+        # An unknown outcome may already have been delivered: resending it needs a decision.
+        chosen = [entry for entry in entries if entry.outcome != UNKNOWN]
+    if not chosen:
+        out("Nothing to resend.")
+        return EXIT_OK
+    resent: List[str] = []
+    failed = 0
+    credentials = setup.current_credentials(store)
+    async with ZApiClient(credentials, timeout=args.timeout) as client:
+        for entry in chosen:
+            try:
+                await client.send(entry.endpoint, entry.body)
+            except (InvalidCredentials, TransportError):
+                journal.remove(resent)
+                raise
+            except ZApiError as exc:
+                failed += 1
+                out(f"  {entry.id}: still failing: {exc}")
+                continue
+            resent.append(entry.id)
+            out(f"  {entry.id}: resent to {entry.phone}")
+    journal.remove(resent)
+    out(f"Resent {len(resent)}; {failed} still failing (kept in {journal.path}).")
+    return EXIT_OK if failed == 0 else EXIT_ZAPI_ERROR
+
+
 Command = Callable[[argparse.Namespace, CredentialsFile, _Out], Coroutine[Any, Any, int]]
 
 
@@ -254,6 +318,21 @@ def _parser() -> argparse.ArgumentParser:
         "disconnect", parents=[common], help="end the WhatsApp session and deactivate the channel"
     )
     disconnect.set_defaults(handler=_cmd_disconnect)
+
+    failed = subs.add_parser("failed", help="answers Z-API did not take: list or resend them")
+    failed_subs = failed.add_subparsers(dest="failed_command", metavar="ACTION")
+    failed_subs.required = True
+    failed_list = failed_subs.add_parser("list", parents=[common], help="show the journal")
+    failed_retry = failed_subs.add_parser("retry", parents=[common], help="resend entries")
+    failed_retry.add_argument(
+        "ids", nargs="*", metavar="ID", help="entries to resend (default: all failed)"
+    )
+    for sub in (failed_list, failed_retry):
+        sub.add_argument(
+            "--journal", help="the journal file (default: failed_sends_path, or failed-sends.jsonl)"
+        )
+    failed_list.set_defaults(handler=_cmd_failed_list)
+    failed_retry.set_defaults(handler=_cmd_failed_retry)
 
     # Listed here for --help; main() hands its arguments to the emulator's own parser.
     subs.add_parser("emulator", help="run a local Z-API emulator (see `zapi-channel emulator -h`)")

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import httpx
 
@@ -31,6 +31,7 @@ from zapi_channel.errors import (
     ZApiTimeout,
 )
 from zapi_channel.redaction import install_log_redaction, redact
+from zapi_channel.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def check_response(
             endpoint=endpoint,
             status_code=status,
             zapi_error=error,
+            retry_after=_retry_after(response),
         )
     # Seen in practice: a wrong instance answered with HTTP 200 and {"error": "Instance not found"}.
     if error is not None and isinstance(body, Mapping) and "instance not found" in error.lower():
@@ -158,6 +160,18 @@ def check_response(
             zapi_error=error,
         )
     return body
+
+
+def _retry_after(response: httpx.Response) -> Optional[float]:
+    """Seconds from a ``Retry-After`` header (delta-seconds form; an HTTP date is ignored)."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def _send_result(endpoint: str, body: Any, status: int, secrets: Sequence[str]) -> SendResult:
@@ -203,8 +217,13 @@ class ZApiClient:
         *,
         http_client: Optional[httpx.AsyncClient] = None,
         timeout: float = DEFAULT_TIMEOUT,
+        retry: Optional[RetryPolicy] = None,
+        sleep: Optional[Callable[[float], Awaitable[Any]]] = None,
     ) -> None:
         self.credentials = credentials
+        #: Sends are retried on transient failures; one attempt means no retry.
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
         self._owns_client = http_client is None
         self._http = http_client or httpx.AsyncClient(
             # Connecting should be quick; Z-API itself may take a while to answer a send.
@@ -288,9 +307,16 @@ class ZApiClient:
         return response.status_code, check_response(endpoint, response, secrets=secrets)
 
     async def send(self, endpoint: str, body: Mapping[str, Any]) -> SendResult:
-        """POST a message to a ``send-*`` endpoint; succeeds only when Z-API returns a messageId."""
-        status, answer = await self._call("POST", endpoint, body)
-        return _send_result(endpoint, answer, status, self.credentials.secrets())
+        """POST a message to a ``send-*`` endpoint; succeeds only when Z-API returns a messageId.
+
+        Transient failures are retried by :attr:`retry`; what is raised is the last failure.
+        """
+
+        async def attempt() -> SendResult:
+            status, answer = await self._call("POST", endpoint, body)
+            return _send_result(endpoint, answer, status, self.credentials.secrets())
+
+        return await self.retry.run(attempt, endpoint=endpoint, sleep=self._sleep)
 
     # -- instance -------------------------------------------------------------------------------
 

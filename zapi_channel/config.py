@@ -169,6 +169,10 @@ class ChannelConfig:
     #: The largest webhook body accepted, in bytes (Z-API sends media as URLs, so bodies are small).
     max_body_bytes: int = 256 * 1024
     timeout_seconds: float = 15.0
+    #: Where answers Z-API did not take are kept (relative to rasa run's working folder).
+    failed_sends_path: str = "failed-sends.jsonl"
+    #: Tries per send, the first included (transient failures only; see zapi_channel.retry).
+    retry_attempts: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "webhook_token", clean(self.webhook_token))
@@ -227,6 +231,8 @@ class ChannelConfig:
             )
             or 256 * 1024,
             timeout_seconds=timeout_seconds,
+            failed_sends_path=clean(data.get("failed_sends_path")) or "failed-sends.jsonl",
+            retry_attempts=_as_int("retry_attempts", data.get("retry_attempts"), 4, 1, 10) or 4,
         )
 
     def secrets(self) -> Tuple[str, ...]:

@@ -56,7 +56,22 @@ class NotConnected(ZApiRequestError):
 
 
 class ZApiResponseError(ZApiRequestError):
-    """Z-API answered, and the answer is not a success."""
+    """Z-API answered, and the answer is not a success.
+
+    ``retry_after`` holds the seconds of a ``Retry-After`` header, when Z-API sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        status_code: Optional[int] = None,
+        zapi_error: Optional[str] = None,
+        retry_after: Optional[float] = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, status_code=status_code, zapi_error=zapi_error)
+        self.retry_after = retry_after
 
 
 class SendNotAccepted(ZApiResponseError):
