@@ -34,6 +34,7 @@ def channel_block(**overrides: Any) -> Dict[str, Any]:
         "webhook_token": WEBHOOK_TOKEN,
         # Never the project's own journal: a failure in a test must not land in the work tree.
         "failed_sends_path": str(Path(tempfile.gettempdir()) / f"zapi-tests-{os.getpid()}.jsonl"),
+        "pending_inbox_path": str(Path(tempfile.gettempdir()) / f"zapi-inbox-{os.getpid()}.jsonl"),
     }
     block.update(overrides)
     return block

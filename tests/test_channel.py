@@ -362,3 +362,38 @@ def test_from_credentials_builds_the_config() -> None:
     channel = ZApiInput.from_credentials(channel_block(buttons_as="list"))
     assert channel.config.buttons_as == "list"
     assert WEBHOOK_TOKEN not in repr(channel)
+
+
+async def test_unanswered_messages_survive_a_stop_and_are_answered_on_the_next_start(
+    make_harness: Callable[..., Any], callback: Load, tmp_path: Any
+) -> None:
+    inbox = str(tmp_path / "pending.jsonl")
+    first = await make_harness(pending_inbox_path=inbox)
+    first.agent.gate = asyncio.Event()  # the bot is stuck: nothing finishes
+    base = callback("received_text")
+    for i in range(3):
+        await first.post(with_id(base, f"K{i}", f"m{i}"))
+    await first.channel.close(grace_seconds=0.05)
+    # While stopping, a new webhook is still acknowledged and kept, not lost.
+    late = await first.post(with_id(base, "K3", "m3"))
+    assert late.json() == {"status": "accepted"}
+    assert first.agent.messages == []
+
+    second = await make_harness(pending_inbox_path=inbox)
+    await asyncio.sleep(0.05)  # the server-start listener queues the kept messages
+    await second.settle()
+    assert [m.text for m in second.agent.messages] == ["m0", "m1", "m2", "m3"]
+    assert not (tmp_path / "pending.jsonl").exists()
+    # Z-API redelivering one of them now is recognised as a duplicate.
+    again = await second.post(with_id(base, "K1", "m1"))
+    assert again.json() == {"status": "duplicate"}
+
+
+async def test_a_clean_stop_keeps_nothing(
+    make_harness: Callable[..., Any], callback: Load, tmp_path: Any
+) -> None:
+    harness = await make_harness(pending_inbox_path=str(tmp_path / "pending.jsonl"))
+    await harness.post(callback("received_text"))
+    await harness.channel.close(grace_seconds=5)
+    assert len(harness.agent.messages) == 1
+    assert not (tmp_path / "pending.jsonl").exists()

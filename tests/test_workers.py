@@ -7,7 +7,7 @@ from zapi_channel.workers import ConversationWorkers
 
 
 async def test_one_senders_jobs_run_in_arrival_order_even_when_early_ones_are_slow() -> None:
-    workers = ConversationWorkers(max_concurrency=4)
+    workers: ConversationWorkers[object] = ConversationWorkers(max_concurrency=4)
     done: List[int] = []
 
     def job(n: int, delay: float):  # type: ignore[no-untyped-def]
@@ -18,13 +18,13 @@ async def test_one_senders_jobs_run_in_arrival_order_even_when_early_ones_are_sl
         return run
 
     for n, delay in enumerate([0.05, 0.0, 0.02, 0.0]):
-        workers.submit("5511", job(n, delay))
+        workers.submit("5511", n, job(n, delay))
     assert await workers.join(2)
     assert done == [0, 1, 2, 3]
 
 
 async def test_different_senders_run_in_parallel_within_the_bound() -> None:
-    workers = ConversationWorkers(max_concurrency=2)
+    workers: ConversationWorkers[object] = ConversationWorkers(max_concurrency=2)
     running = 0
     peak = 0
     log: List[Tuple[str, str]] = []
@@ -41,14 +41,14 @@ async def test_different_senders_run_in_parallel_within_the_bound() -> None:
         return run
 
     for sender in ("a", "b", "c", "d"):
-        workers.submit(sender, job(sender))
+        workers.submit(sender, sender, job(sender))
     assert await workers.join(2)
     assert peak == 2
     assert len(log) == 4
 
 
 async def test_a_failing_job_does_not_stop_the_queue() -> None:
-    workers = ConversationWorkers(max_concurrency=1)
+    workers: ConversationWorkers[object] = ConversationWorkers(max_concurrency=1)
     done: List[str] = []
 
     async def boom() -> None:
@@ -57,22 +57,39 @@ async def test_a_failing_job_does_not_stop_the_queue() -> None:
     async def ok() -> None:
         done.append("ok")
 
-    workers.submit("x", boom)
-    workers.submit("x", ok)
+    workers.submit("x", "boom", boom)
+    workers.submit("x", "ok", ok)
     assert await workers.join(2)
     assert done == ["ok"]
     assert workers.pending == 0
 
 
 async def test_join_times_out_while_work_remains() -> None:
-    workers = ConversationWorkers(max_concurrency=1)
+    workers: ConversationWorkers[object] = ConversationWorkers(max_concurrency=1)
     release = asyncio.Event()
 
     async def wait() -> None:
         await release.wait()
 
-    workers.submit("x", wait)
+    workers.submit("x", "wait", wait)
     assert await workers.join(0.05) is False
     assert workers.pending == 1
     release.set()
     assert await workers.join(1)
+
+
+async def test_cancel_hands_back_running_and_queued_items() -> None:
+    workers: ConversationWorkers[str] = ConversationWorkers(max_concurrency=1)
+    never = asyncio.Event()
+
+    async def stuck() -> None:
+        await never.wait()
+
+    workers.submit("x", "running", stuck)
+    workers.submit("x", "queued", stuck)
+    workers.submit("y", "other", stuck)
+    await asyncio.sleep(0.01)
+    assert await workers.join(0.05) is False
+    assert sorted(await workers.cancel()) == ["other", "queued", "running"]
+    assert workers.unfinished() == [] and workers.pending == 0
+    assert await workers.join(0.01)

@@ -31,6 +31,7 @@ from zapi_channel.client import ZApiClient
 from zapi_channel.config import ChannelConfig
 from zapi_channel.errors import TransportError, ZApiError
 from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
+from zapi_channel.inbox import PendingInbox
 from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
 from zapi_channel.memory import Deduplicator, TTLCache
 from zapi_channel.outbound import (
@@ -223,7 +224,11 @@ class ZApiInput(InputChannel):
         self._client: Optional[ZApiClient] = None
         self.dedup = deduplicator or Deduplicator()
         self.choices: TTLCache[List[Choice]] = TTLCache(ttl=CHOICES_TTL_SECONDS, max_items=100_000)
-        self.workers = ConversationWorkers(config.max_concurrency)
+        self.workers: ConversationWorkers[InboundMessage] = ConversationWorkers(
+            config.max_concurrency
+        )
+        self.inbox = PendingInbox(Path(config.pending_inbox_path))
+        self._stopping = False
         self.journal = JsonlJournal(Path(config.failed_sends_path))
 
     def __repr__(self) -> str:
@@ -245,15 +250,46 @@ class ZApiInput(InputChannel):
     def get_output_channel(self) -> ZApiOutput:
         return ZApiOutput(self.client, self.config, self.choices, self.journal)
 
-    async def close(self, grace_seconds: float = 10.0) -> None:
-        """Finish queued turns (up to ``grace_seconds``), then close the HTTP client."""
-        if not await self.workers.join(grace_seconds):
+    async def close(self, grace_seconds: Optional[float] = None) -> None:
+        """Finish queued turns within the grace period, keep the rest, close the HTTP client."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        if not await self.workers.join(grace):
+            unfinished = await self.workers.cancel()
+            kept = self.inbox.save(message.raw for message in unfinished)
             logger.warning(
-                "Stopped with %d customer message(s) still being processed", self.workers.pending
+                "Stopping with %d customer message(s) not answered yet: kept in %s, they are "
+                "answered on the next start",
+                kept,
+                self.inbox.path,
             )
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    def _accept(
+        self,
+        message: InboundMessage,
+        on_new_message: Callable[[UserMessage], Awaitable[Any]],
+    ) -> None:
+        async def job() -> None:
+            await self._turn(message, on_new_message)
+
+        self.workers.submit(message.phone, message, job)
+
+    def _resume(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """Queue what the previous run acknowledged but did not answer, before anything new."""
+        payloads = self.inbox.take()
+        resumed = 0
+        for payload in payloads:
+            parsed = parse_callback(payload, self.config)
+            if isinstance(parsed, InboundMessage) and self.dedup.first_time(parsed.dedup_key):
+                self._accept(parsed, on_new_message)
+                resumed += 1
+        if payloads:
+            logger.info("Answering %d message(s) kept by the previous run", resumed)
 
     # -- the webhook ------------------------------------------------------------------------------
 
@@ -342,11 +378,15 @@ class ZApiInput(InputChannel):
                 logger.debug("Duplicate delivery of message %s ignored", parsed.message_id)
                 return response.json({"status": "duplicate"})
 
-            async def job(message: InboundMessage = parsed) -> None:
-                await self._turn(message, on_new_message)
-
-            self.workers.submit(parsed.phone, job)
+            if self._stopping:
+                # Shutting down: no new turn starts, but an acknowledged message is never lost.
+                self.inbox.save([parsed.raw])
+                return response.json({"status": "accepted"})
+            self._accept(parsed, on_new_message)
             return response.json({"status": "accepted"})
+
+        async def start(app: Any, loop: Any) -> None:
+            self._resume(on_new_message)
 
         async def finish(app: Any, loop: Any) -> None:
             await self.close()
@@ -354,6 +394,7 @@ class ZApiInput(InputChannel):
         # Registered by call rather than decorator: sanic's decorators are untyped.
         bp.add_route(health, "/", methods=["GET"])
         bp.add_route(receive, "/webhook", methods=["POST"])
+        bp.listener(start, "after_server_start")
         bp.listener(finish, "before_server_stop")
         return bp
 

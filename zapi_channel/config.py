@@ -86,6 +86,18 @@ def _as_int(key: str, value: Any, default: Optional[int], low: int, high: int) -
     return number
 
 
+def _as_float(key: str, value: Any, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(clean(value))
+    except ValueError:
+        raise ConfigError(f"'{key}' must be a number, not {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"'{key}' must not be negative, not {number}")
+    return number
+
+
 def _missing(data: Mapping[str, Any], keys: Tuple[str, ...]) -> None:
     absent = [key for key in keys if not clean(data.get(key))]
     if absent:
@@ -173,6 +185,10 @@ class ChannelConfig:
     failed_sends_path: str = "failed-sends.jsonl"
     #: Tries per send, the first included (transient failures only; see zapi_channel.retry).
     retry_attempts: int = 4
+    #: On SIGTERM, how long queued turns may take before they are kept for the next start.
+    shutdown_grace_seconds: float = 10.0
+    #: Where those unanswered messages are kept (relative to rasa run's working folder).
+    pending_inbox_path: str = "pending-inbox.jsonl"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "webhook_token", clean(self.webhook_token))
@@ -204,11 +220,7 @@ class ChannelConfig:
                     + ", ".join(sorted(DEFAULT_MEDIA_TEXTS))
                 )
             media_texts[kind] = clean(text)
-        timeout = data.get("timeout_seconds")
-        try:
-            timeout_seconds = float(clean(timeout)) if timeout not in (None, "") else 15.0
-        except ValueError:
-            raise ConfigError(f"'timeout_seconds' must be a number, not {timeout!r}") from None
+        timeout_seconds = _as_float("timeout_seconds", data.get("timeout_seconds"), 15.0)
         return cls(
             credentials=ZApiCredentials.from_mapping(data),
             webhook_token=clean(data["webhook_token"]),
@@ -233,6 +245,10 @@ class ChannelConfig:
             timeout_seconds=timeout_seconds,
             failed_sends_path=clean(data.get("failed_sends_path")) or "failed-sends.jsonl",
             retry_attempts=_as_int("retry_attempts", data.get("retry_attempts"), 4, 1, 10) or 4,
+            shutdown_grace_seconds=_as_float(
+                "shutdown_grace_seconds", data.get("shutdown_grace_seconds"), 10.0
+            ),
+            pending_inbox_path=clean(data.get("pending_inbox_path")) or "pending-inbox.jsonl",
         )
 
     def secrets(self) -> Tuple[str, ...]:

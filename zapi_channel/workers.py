@@ -5,6 +5,9 @@ a handler whose client hangs up), so a Rasa turn never runs inside the request. 
 queue drained by one task: one sender's messages are handled strictly in arrival order, different
 senders run in parallel, and a semaphore bounds how many turns run at once so the model's CPU work
 cannot starve the event loop.
+
+Each queued job carries the item it works on, so that at shutdown whatever did not finish can be
+handed back (:meth:`ConversationWorkers.unfinished`) and kept for the next start.
 """
 
 from __future__ import annotations
@@ -12,20 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Awaitable, Callable, Deque, Dict, Optional, Set
+from typing import Awaitable, Callable, Deque, Dict, Generic, List, Optional, Set, Tuple, TypeVar
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
 
 
-class ConversationWorkers:
+class ConversationWorkers(Generic[T]):
     def __init__(self, max_concurrency: int) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self._limit = max_concurrency
         self._semaphore: Optional[asyncio.Semaphore] = None
-        self._queues: Dict[str, Deque[Job]] = {}
+        self._queues: Dict[str, Deque[Tuple[T, Job]]] = {}
         self._tasks: Set[asyncio.Task[None]] = set()
         self._idle: Optional[asyncio.Event] = None
 
@@ -35,7 +39,11 @@ class ConversationWorkers:
         # A running job stays at the head of its queue until it finishes.
         return sum(len(queue) for queue in self._queues.values())
 
-    def submit(self, sender: str, job: Job) -> None:
+    def unfinished(self) -> List[T]:
+        """The items of every job not finished yet, running ones first in each queue."""
+        return [item for queue in self._queues.values() for item, _ in queue]
+
+    def submit(self, sender: str, item: T, job: Job) -> None:
         """Queue ``job`` behind the sender's earlier jobs. Must be called from the event loop."""
         if self._semaphore is None:
             # Created lazily: asyncio primitives bind to the loop that first uses them, and the
@@ -46,9 +54,9 @@ class ConversationWorkers:
         self._idle.clear()
         queue = self._queues.get(sender)
         if queue is not None:
-            queue.append(job)
+            queue.append((item, job))
             return
-        self._queues[sender] = deque([job])
+        self._queues[sender] = deque([(item, job)])
         task = asyncio.ensure_future(self._drain(sender))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -58,7 +66,7 @@ class ConversationWorkers:
         queue = self._queues[sender]
         try:
             while queue:
-                job = queue[0]
+                _, job = queue[0]
                 async with self._semaphore:
                     try:
                         await job()
@@ -81,6 +89,18 @@ class ConversationWorkers:
         except asyncio.TimeoutError:
             return False
         return True
+
+    async def cancel(self) -> List[T]:
+        """Stop every worker now; returns the items of the jobs that did not finish."""
+        unfinished = self.unfinished()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._queues.clear()
+        if self._idle is not None:
+            self._idle.set()
+        return unfinished
 
 
 __all__ = ["ConversationWorkers"]
