@@ -343,7 +343,7 @@ async def test_a_reply_that_matches_no_choice_goes_through_as_typed(
     harness: Harness, callback: Load
 ) -> None:
     payload = callback("received_text")
-    harness.channel.choices.set(payload["phone"], [])
+    await harness.channel.state.remember_choices(payload["phone"], [])
     await harness.post(with_id(payload, "R1", "something else"))
     await harness.settle()
     assert harness.agent.messages[0].text == "something else"

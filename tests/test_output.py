@@ -16,8 +16,8 @@ from zapi_channel.channel import ZApiOutput
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import ChannelConfig
 from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
-from zapi_channel.memory import TTLCache
 from zapi_channel.outbound import Choice
+from zapi_channel.state import MemoryState
 
 PHONE = "5544999999999"
 MENU = [
@@ -41,7 +41,7 @@ def make_output(tmp_path: Path) -> Any:
         config = ChannelConfig.from_mapping(channel_block(**overrides))
         client = ZApiClient(config.credentials, sleep=no_sleep)
         journal = JsonlJournal(tmp_path / "failed-sends.jsonl")
-        return ZApiOutput(client, config, TTLCache(ttl=60, max_items=10), journal)
+        return ZApiOutput(client, config, MemoryState(), journal)
 
     return make
 
@@ -136,7 +136,9 @@ async def test_buttons_in_text_mode_are_a_numbered_list_and_remembered(
             "message": "What would you like?\n\n*1.* A picture\n*2.* A document\n*3.* Talk to us",
         }
     ]
-    assert output._choices.get(PHONE) == [Choice(b["title"], b["payload"]) for b in MENU]
+    assert await output.state.take_choices(PHONE) == [
+        Choice(b["title"], b["payload"]) for b in MENU
+    ]
 
 
 async def test_buttons_mode_uses_send_button_list(zapi: respx.MockRouter, make_output: Any) -> None:

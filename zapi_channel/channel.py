@@ -33,9 +33,7 @@ from zapi_channel.errors import TransportError, ZApiError
 from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
 from zapi_channel.inbox import PendingInbox
 from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
-from zapi_channel.memory import Deduplicator, TTLCache
 from zapi_channel.outbound import (
-    Choice,
     InvalidCustomPayload,
     buttons_request,
     choices_from_buttons,
@@ -47,13 +45,12 @@ from zapi_channel.outbound import (
     text_bodies,
 )
 from zapi_channel.retry import RetryPolicy
+from zapi_channel.state import ChannelState, MemoryState, RedisState
 from zapi_channel.workers import ConversationWorkers
 
 logger = logging.getLogger(__name__)
 
 CHANNEL_NAME = "zapi"
-#: How long numbered choices stay answerable by their number.
-CHOICES_TTL_SECONDS = 24 * 3600
 
 
 class ZApiOutput(OutputChannel):
@@ -72,19 +69,34 @@ class ZApiOutput(OutputChannel):
         self,
         client: ZApiClient,
         config: ChannelConfig,
-        choices: TTLCache[List[Choice]],
+        state: ChannelState,
         journal: JsonlJournal,
+        *,
+        reply_key: Optional[str] = None,
     ) -> None:
         self.client = client
         self.config = config
-        self._choices = choices
+        self.state = state
         self.journal = journal
+        # Names this turn's answers ("<instance>:<messageId>:<n>") so that a turn run again after
+        # a crash skips the answers that already went out.
+        self._reply_key = reply_key
+        self._answers = 0
 
     def __repr__(self) -> str:
         return f"ZApiOutput({self.client.credentials!r})"
 
     async def _deliver(self, recipient_id: str, endpoint: str, body: Dict[str, Any]) -> bool:
         request = {"phone": recipient_id, **body}
+        self._answers += 1
+        marker = f"{self._reply_key}:{self._answers}" if self._reply_key else None
+        if marker is not None and await self.state.already_sent(marker):
+            logger.info(
+                "Answer %d to %s was sent before a restart; not repeating it",
+                self._answers,
+                self._reply_key,
+            )
+            return True
         try:
             await self.client.send(endpoint, request)
         except ZApiError as exc:
@@ -107,6 +119,8 @@ class ZApiOutput(OutputChannel):
                 entry.id,
             )
             return False
+        if marker is not None:
+            await self.state.mark_sent(marker)
         return True
 
     async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
@@ -160,7 +174,7 @@ class ZApiOutput(OutputChannel):
             await self.send_text_message(recipient_id, text or "")
             return
         # Remember the choices before sending: the customer may answer "2" right away.
-        self._choices.set(recipient_id, choices)
+        await self.state.remember_choices(recipient_id, choices)
         interactive = buttons_request(text or "", choices, self.config.buttons_as)
         if interactive is not None:
             endpoint, body = interactive
@@ -217,13 +231,14 @@ class ZApiInput(InputChannel):
         config: ChannelConfig,
         *,
         http_client: Optional[Any] = None,
-        deduplicator: Optional[Deduplicator] = None,
+        state: Optional[ChannelState] = None,
     ) -> None:
         self.config = config
         self._http_client = http_client
         self._client: Optional[ZApiClient] = None
-        self.dedup = deduplicator or Deduplicator()
-        self.choices: TTLCache[List[Choice]] = TTLCache(ttl=CHOICES_TTL_SECONDS, max_items=100_000)
+        if state is None:
+            state = RedisState(config.redis_url) if config.redis_url else MemoryState()
+        self.state = state
         self.workers: ConversationWorkers[InboundMessage] = ConversationWorkers(
             config.max_concurrency
         )
@@ -248,7 +263,7 @@ class ZApiInput(InputChannel):
         return self._client
 
     def get_output_channel(self) -> ZApiOutput:
-        return ZApiOutput(self.client, self.config, self.choices, self.journal)
+        return ZApiOutput(self.client, self.config, self.state, self.journal)
 
     async def close(self, grace_seconds: Optional[float] = None) -> None:
         """Finish queued turns within the grace period, keep the rest, close the HTTP client."""
@@ -268,6 +283,7 @@ class ZApiInput(InputChannel):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        await self.state.aclose()
 
     def _accept(
         self,
@@ -279,13 +295,13 @@ class ZApiInput(InputChannel):
 
         self.workers.submit(message.phone, message, job)
 
-    def _resume(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+    async def _resume(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         """Queue what the previous run acknowledged but did not answer, before anything new."""
         payloads = self.inbox.take()
         resumed = 0
         for payload in payloads:
             parsed = parse_callback(payload, self.config)
-            if isinstance(parsed, InboundMessage) and self.dedup.first_time(parsed.dedup_key):
+            if isinstance(parsed, InboundMessage) and await self.state.first_time(parsed.dedup_key):
                 self._accept(parsed, on_new_message)
                 resumed += 1
         if payloads:
@@ -320,7 +336,7 @@ class ZApiInput(InputChannel):
         metadata = dict(message.metadata)
         # Read the choices in the worker, not in the request: an earlier message of this customer
         # may still be producing the menu this answer refers to.
-        offered = self.choices.pop(message.phone)
+        offered = await self.state.take_choices(message.phone)
         if offered and message.kind == "text":
             chosen = match_choice(text, offered)
             if chosen is not None:
@@ -374,7 +390,7 @@ class ZApiInput(InputChannel):
                     parsed.message_id,
                 )
                 return response.json({"status": "inactive"})
-            if not self.dedup.first_time(parsed.dedup_key):
+            if not await self.state.first_time(parsed.dedup_key):
                 logger.debug("Duplicate delivery of message %s ignored", parsed.message_id)
                 return response.json({"status": "duplicate"})
 
@@ -386,7 +402,7 @@ class ZApiInput(InputChannel):
             return response.json({"status": "accepted"})
 
         async def start(app: Any, loop: Any) -> None:
-            self._resume(on_new_message)
+            await self._resume(on_new_message)
 
         async def finish(app: Any, loop: Any) -> None:
             await self.close()

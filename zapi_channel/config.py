@@ -189,6 +189,8 @@ class ChannelConfig:
     shutdown_grace_seconds: float = 10.0
     #: Where those unanswered messages are kept (relative to rasa run's working folder).
     pending_inbox_path: str = "pending-inbox.jsonl"
+    #: Shared state for several instances: dedup, numbered choices, sent markers, durable inbox.
+    redis_url: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "webhook_token", clean(self.webhook_token))
@@ -249,6 +251,7 @@ class ChannelConfig:
                 "shutdown_grace_seconds", data.get("shutdown_grace_seconds"), 10.0
             ),
             pending_inbox_path=clean(data.get("pending_inbox_path")) or "pending-inbox.jsonl",
+            redis_url=clean(data.get("redis_url")) or None,
         )
 
     def secrets(self) -> Tuple[str, ...]:

@@ -90,5 +90,8 @@ class Deduplicator:
         self._seen.set(key, True)
         return True
 
+    def forget(self, key: str) -> None:
+        self._seen.pop(key)
+
 
 __all__ = ["Deduplicator", "TTLCache"]
