@@ -27,7 +27,8 @@ line turns this on by default, since it is a local development tool; ``--no-allo
 makes it as strict as Z-API.
 
 The emulator's own JSON API lives under ``/_emulator`` (customer messages, conversations, faults,
-connection switch, health); see :meth:`Emulator.build_app`.
+connection switch, health); see :meth:`Emulator.build_app`. Its chat page, at ``/``, is that API
+in a browser: type as the customer, see the bot's answers as WhatsApp shows them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from http import HTTPStatus
+from pathlib import Path
 from typing import (
     Any,
     Awaitable,
@@ -94,6 +96,24 @@ CALLBACK_URL_FIELDS: Mapping[str, str] = {
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _DAY_MS = 24 * 60 * 60 * 1000
+
+#: The chat page's files, shipped inside the package.
+STATIC_DIR = Path(__file__).parent / "static"
+#: Everything served from :data:`STATIC_DIR` (``/`` is ``chat.html``), with its content type.
+#: Only these names are served, so no request can reach another file.
+STATIC_FILES: Mapping[str, str] = {
+    "chat.html": "text/html; charset=utf-8",
+    "chat.css": "text/css; charset=utf-8",
+    "chat.js": "text/javascript; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
+# The page draws what the bot sends, which is untrusted: it escapes it, and this policy stops any
+# script or style that would slip through anyway. Media may come from anywhere, as on WhatsApp.
+_CHAT_PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data: blob: http: https:; media-src 'self' data: blob: http: https:; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 _NOT_CONNECTED = "You are not connected."
 _INVALID_URL = "Invalid URL, only https allowed"
@@ -1240,8 +1260,9 @@ class Emulator:
 
         ``/instances/<id>/token/<token>/<endpoint>``: Z-API. Under ``/_emulator``:
         ``POST|GET|DELETE messages``, ``GET conversations``, ``GET|POST|DELETE faults``,
-        ``POST connection``, ``GET health``. Sanic keeps a registry of app names: give each app
-        in one process its own ``name``.
+        ``POST connection``, ``GET health``, and ``GET static/<file>`` for the chat page served
+        at ``GET /``. Sanic keeps a registry of app names: give each app in one process its own
+        ``name``.
         """
         _install_log_redaction()
         app = Sanic(name, configure_logging=False)
@@ -1305,6 +1326,12 @@ class Emulator:
         async def health(request: Request) -> HTTPResponse:
             return response.json(self.health())
 
+        async def chat_page(request: Request) -> HTTPResponse:
+            return await _static_file("chat.html")
+
+        async def static_file(request: Request, name: str) -> HTTPResponse:
+            return await _static_file(name)
+
         async def stopped(app: Sanic, loop: asyncio.AbstractEventLoop) -> None:
             await self.aclose()
 
@@ -1333,6 +1360,10 @@ class Emulator:
                 methods=[method],
                 name=f"emulator_{method.lower()}_{path}",
             )
+        app.add_route(chat_page, "/", methods=["GET"], name="emulator_chat_page")
+        app.add_route(
+            static_file, "/_emulator/static/<name>", methods=["GET"], name="emulator_static"
+        )
         app.register_listener(stopped, "after_server_stop")
         return app
 
@@ -1341,6 +1372,23 @@ def _to_http(reply: Reply) -> HTTPResponse:
     if reply.body is None:
         return response.empty(status=reply.status)
     return response.json(reply.body, status=reply.status)
+
+
+async def _static_file(name: str) -> HTTPResponse:
+    content_type = STATIC_FILES.get(name)
+    if content_type is None:
+        return _to_http(_error(404, "Not found"))
+    # no-cache: a developer who edits the page sees the change on the next reload.
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if name.endswith(".html"):
+        headers["Content-Security-Policy"] = _CHAT_PAGE_POLICY
+    try:
+        return await response.file(STATIC_DIR / name, mime_type=content_type, headers=headers)
+    except FileNotFoundError:
+        # An install that left out the package data (see pyproject's package-data).
+        return _to_http(
+            _error(404, f"The chat page's {name} is not installed (looked in {STATIC_DIR})")
+        )
 
 
 _SANIC_LOGGERS = ("sanic.root", "sanic.error", "sanic.access", "sanic.server")
@@ -1458,6 +1506,7 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) ->
     async def announce(app: Sanic, loop: asyncio.AbstractEventLoop) -> None:
         # Scripts wait for this line (and read the port from it when started with --port 0).
         print(f"Z-API emulator on http://{host}:{port} (instance {instance_id})", flush=True)
+        print(f"Chat as a customer at http://{host}:{port}/", flush=True)
 
     app.register_listener(announce, "after_server_start")
     app.run(sock=sock, workers=1, auto_reload=False, access_log=False, motd=False)
@@ -1480,6 +1529,8 @@ __all__ = [
     "DEFAULT_PORT",
     "ENDPOINT_METHODS",
     "SEND_CHECKS",
+    "STATIC_DIR",
+    "STATIC_FILES",
     "CustomerMessage",
     "EmulatedInstance",
     "Emulator",
