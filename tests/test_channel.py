@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 import httpx
@@ -397,3 +398,43 @@ async def test_a_clean_stop_keeps_nothing(
     await harness.channel.close(grace_seconds=5)
     assert len(harness.agent.messages) == 1
     assert not (tmp_path / "pending.jsonl").exists()
+
+
+async def test_with_redis_two_instances_answer_each_message_once_in_order(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    from tests.redis_server import ensure_redis
+
+    url = ensure_redis()
+    if url is None:
+        pytest.skip("no Redis server: install redis-server (CI does)")
+    shared = {
+        "redis_url": url,
+        "redis_prefix": f"test-{uuid.uuid4().hex[:8]}",
+        "inbox_partitions": 2,
+    }
+    a = await make_harness(**shared)
+    b = await make_harness(**shared)
+    base = callback("received_text")
+    expected = [f"m{i}" for i in range(12)]
+    for i, text in enumerate(expected):
+        first, second = (a, b) if i % 2 == 0 else (b, a)
+        answer = await first.post(with_id(base, f"R{i}", text))
+        assert answer.json() == {"status": "accepted"}
+        duplicate = await second.post(with_id(base, f"R{i}", text))
+        assert duplicate.json() == {"status": "duplicate"}
+
+    deadline = asyncio.get_running_loop().time() + 15
+    while len(a.agent.messages) + len(b.agent.messages) < len(expected):
+        assert asyncio.get_running_loop().time() < deadline, "not every message was answered"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # nothing more may arrive
+    texts = [[m.text for m in a.agent.messages], [m.text for m in b.agent.messages]]
+    # One instance owns this customer's partition: it answered everything, in order.
+    assert sorted(texts, key=len) == [[], expected]
+    for harness in (a, b):
+        keys = [
+            k async for k in harness.channel.state.redis.scan_iter(f"{shared['redis_prefix']}:*")
+        ]
+        if keys:
+            await harness.channel.state.redis.delete(*keys)

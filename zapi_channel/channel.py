@@ -46,6 +46,7 @@ from zapi_channel.outbound import (
 )
 from zapi_channel.retry import RetryPolicy
 from zapi_channel.state import ChannelState, MemoryState, RedisState
+from zapi_channel.stream_inbox import StreamInbox
 from zapi_channel.workers import ConversationWorkers
 
 logger = logging.getLogger(__name__)
@@ -236,9 +237,17 @@ class ZApiInput(InputChannel):
         self.config = config
         self._http_client = http_client
         self._client: Optional[ZApiClient] = None
-        if state is None:
-            state = RedisState(config.redis_url) if config.redis_url else MemoryState()
-        self.state = state
+        self.stream: Optional[StreamInbox] = None
+        if state is None and config.redis_url:
+            shared = RedisState(config.redis_url, prefix=config.redis_prefix)
+            self.stream = StreamInbox(
+                shared.redis,
+                prefix=config.redis_prefix,
+                partitions=config.inbox_partitions,
+                lease_seconds=config.inbox_lease_seconds,
+            )
+            state = shared
+        self.state: ChannelState = state or MemoryState()
         self.workers: ConversationWorkers[InboundMessage] = ConversationWorkers(
             config.max_concurrency
         )
@@ -262,8 +271,8 @@ class ZApiInput(InputChannel):
             )
         return self._client
 
-    def get_output_channel(self) -> ZApiOutput:
-        return ZApiOutput(self.client, self.config, self.state, self.journal)
+    def get_output_channel(self, reply_key: Optional[str] = None) -> ZApiOutput:
+        return ZApiOutput(self.client, self.config, self.state, self.journal, reply_key=reply_key)
 
     async def close(self, grace_seconds: Optional[float] = None) -> None:
         """Finish queued turns within the grace period, keep the rest, close the HTTP client."""
@@ -271,8 +280,22 @@ class ZApiInput(InputChannel):
             return
         self._stopping = True
         grace = self.config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        if self.stream is not None:
+            await self.stream.stop_reading()
         if not await self.workers.join(grace):
             unfinished = await self.workers.cancel()
+        else:
+            unfinished = []
+        if self.stream is not None:
+            # Not acknowledged: they stay in Redis for whichever instance owns the partition next.
+            await self.stream.release()
+            if unfinished:
+                logger.warning(
+                    "Stopping with %d customer message(s) not answered yet: they stay in the "
+                    "Redis inbox for the next owner",
+                    len(unfinished),
+                )
+        elif unfinished:
             kept = self.inbox.save(message.raw for message in unfinished)
             logger.warning(
                 "Stopping with %d customer message(s) not answered yet: kept in %s, they are "
@@ -289,11 +312,36 @@ class ZApiInput(InputChannel):
         self,
         message: InboundMessage,
         on_new_message: Callable[[UserMessage], Awaitable[Any]],
+        ack: Optional[Callable[[], Awaitable[None]]] = None,
     ) -> None:
         async def job() -> None:
-            await self._turn(message, on_new_message)
+            try:
+                await self._turn(message, on_new_message)
+            finally:
+                if ack is not None:
+                    await ack()
 
         self.workers.submit(message.phone, message, job)
+
+    async def _consume(
+        self,
+        partition: int,
+        entry_id: str,
+        payload: Dict[str, Any],
+        on_new_message: Callable[[UserMessage], Awaitable[Any]],
+    ) -> None:
+        """An entry of the Redis inbox: already authenticated and deduplicated by the webhook."""
+        assert self.stream is not None
+        stream = self.stream
+        parsed = parse_callback(payload, self.config)
+
+        async def ack() -> None:
+            await stream.ack(partition, entry_id)
+
+        if isinstance(parsed, InboundMessage):
+            self._accept(parsed, on_new_message, ack)
+        else:
+            await ack()
 
     async def _resume(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         """Queue what the previous run acknowledged but did not answer, before anything new."""
@@ -350,7 +398,7 @@ class ZApiInput(InputChannel):
         await on_new_message(
             UserMessage(
                 text=text,
-                output_channel=self.get_output_channel(),
+                output_channel=self.get_output_channel(reply_key=message.dedup_key),
                 sender_id=message.phone,
                 input_channel=CHANNEL_NAME,
                 message_id=message.message_id,
@@ -394,6 +442,14 @@ class ZApiInput(InputChannel):
                 logger.debug("Duplicate delivery of message %s ignored", parsed.message_id)
                 return response.json({"status": "duplicate"})
 
+            if self.stream is not None:
+                try:
+                    await self.stream.append(parsed.phone, parsed.raw)
+                except Exception:
+                    logger.exception("Could not store message %s in Redis", parsed.message_id)
+                    await self.state.forget(parsed.dedup_key)
+                    return response.json({"error": "could not store the message"}, status=503)
+                return response.json({"status": "accepted"})
             if self._stopping:
                 # Shutting down: no new turn starts, but an acknowledged message is never lost.
                 self.inbox.save([parsed.raw])
@@ -403,6 +459,12 @@ class ZApiInput(InputChannel):
 
         async def start(app: Any, loop: Any) -> None:
             await self._resume(on_new_message)
+            if self.stream is not None:
+
+                async def consume(partition: int, entry_id: str, payload: Dict[str, Any]) -> None:
+                    await self._consume(partition, entry_id, payload, on_new_message)
+
+                self.stream.start(consume)
 
         async def finish(app: Any, loop: Any) -> None:
             await self.close()

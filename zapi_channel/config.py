@@ -191,6 +191,12 @@ class ChannelConfig:
     pending_inbox_path: str = "pending-inbox.jsonl"
     #: Shared state for several instances: dedup, numbered choices, sent markers, durable inbox.
     redis_url: Optional[str] = field(default=None, repr=False)
+    #: Prefix of every Redis key of this bot (two bots may share one Redis).
+    redis_prefix: str = "zapi"
+    #: The durable inbox is split into this many ordered streams, spread over the instances.
+    inbox_partitions: int = 8
+    #: An instance that stops renewing its partitions for this long is taken over.
+    inbox_lease_seconds: float = 15.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "webhook_token", clean(self.webhook_token))
@@ -252,6 +258,12 @@ class ChannelConfig:
             ),
             pending_inbox_path=clean(data.get("pending_inbox_path")) or "pending-inbox.jsonl",
             redis_url=clean(data.get("redis_url")) or None,
+            redis_prefix=clean(data.get("redis_prefix")) or "zapi",
+            inbox_partitions=_as_int("inbox_partitions", data.get("inbox_partitions"), 8, 1, 256)
+            or 8,
+            inbox_lease_seconds=_as_float(
+                "inbox_lease_seconds", data.get("inbox_lease_seconds"), 15.0
+            ),
         )
 
     def secrets(self) -> Tuple[str, ...]:
