@@ -11,7 +11,6 @@ import respx
 from tests.conftest import API, CLIENT_TOKEN, INSTANCE_TOKEN, SECRETS
 from zapi_channel.client import WEBHOOK_KINDS, ZApiClient, check_response
 from zapi_channel.config import ZApiCredentials
-from zapi_channel.retry import RetryPolicy
 from zapi_channel.errors import (
     InvalidCredentials,
     NotConnected,
@@ -21,6 +20,7 @@ from zapi_channel.errors import (
     ZApiResponseError,
     ZApiTimeout,
 )
+from zapi_channel.retry import RetryPolicy
 
 
 class Sleeps(List[float]):

@@ -101,3 +101,9 @@ def test_media_texts_can_be_overridden_per_kind_only_for_known_kinds() -> None:
 def test_numeric_instance_id_from_yaml_becomes_a_string() -> None:
     creds = ZApiCredentials.from_mapping(channel_block(instance_id=12345))
     assert creds.instance_id == "12345"
+
+
+@pytest.mark.parametrize("blank", ["", "  ", None])
+def test_a_blank_media_text_is_refused(blank: object) -> None:
+    with pytest.raises(ConfigError, match="must not be empty"):
+        ChannelConfig.from_mapping(channel_block(media_texts={"audio": blank}))

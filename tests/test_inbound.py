@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable, Dict
 
@@ -276,3 +277,57 @@ def test_unknown_fields_do_not_break_parsing(callback: Load, config: ChannelConf
     payload = callback("received_text")
     payload["brandNewField"] = {"nested": [1, 2]}
     assert message(payload, config).text == "Hi there"
+
+
+@pytest.mark.parametrize("value", ["true", "True ", 1])
+def test_a_malformed_truthy_from_me_still_fails_safe(
+    callback: Load, config: ChannelConfig, value: Any
+) -> None:
+    payload = callback("received_text")
+    payload["fromMe"] = value
+    assert isinstance(parse_callback(payload, config), Ignored)
+
+
+@pytest.mark.parametrize(
+    "phone", ["120363019502650977-GROUP", " 120363019502650977-group ", "status@BROADCAST "]
+)
+def test_suffix_rules_ignore_case_and_padding(
+    callback: Load, config: ChannelConfig, phone: str
+) -> None:
+    payload = callback("received_text")
+    payload["phone"] = phone
+    assert isinstance(parse_callback(payload, config), Ignored)
+
+
+def test_padding_around_phone_and_message_id_is_removed(
+    callback: Load, config: ChannelConfig
+) -> None:
+    payload = callback("received_text")
+    payload["phone"] = " 5544999999999\n"
+    payload["messageId"] = " ABC "
+    parsed = message(payload, config)
+    assert (parsed.phone, parsed.message_id) == ("5544999999999", "ABC")
+
+
+def test_an_absurdly_long_message_id_is_invalid(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_text")
+    payload["messageId"] = "X" * 10_000
+    assert isinstance(parse_callback(payload, config), Invalid)
+
+
+def test_lone_surrogates_are_replaced_everywhere(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_text")
+    payload["senderName"] = "Ana \ud83d"
+    payload["text"] = {"message": "oi \udc00"}
+    parsed = message(payload, config)
+    assert parsed.text == "oi ?"
+    assert parsed.metadata["sender_name"] == "Ana ?"
+    json.dumps(parsed.raw, ensure_ascii=False).encode("utf-8")  # would raise before the fix
+
+
+def test_log_summaries_stay_one_bounded_line(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("delivery_error")
+    payload["error"] = "x\n[2026] CRITICAL forged line" + "y" * 10_000
+    parsed = parse_callback(payload, config)
+    assert isinstance(parsed, Event)
+    assert "\n" not in parsed.summary and len(parsed.summary) < 600

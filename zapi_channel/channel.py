@@ -100,7 +100,10 @@ class ZApiOutput(OutputChannel):
             return True
         try:
             await self.client.send(endpoint, request)
-        except ZApiError as exc:
+        except Exception as exc:
+            # Whatever went wrong, raising would abort Rasa's turn and lose the tracker update.
+            if not isinstance(exc, ZApiError):
+                logger.exception("Unexpected error sending an answer to %s", recipient_id)
             # Retries (zapi_channel.retry) are exhausted, or repeating could deliver twice.
             sent = isinstance(exc, TransportError) and exc.request_sent
             outcome = UNKNOWN if sent else FAILED

@@ -503,7 +503,8 @@ def _put(body: Dict[str, Any], **optional: Any) -> None:
 
 def _json_bytes(body: Mapping[str, Any]) -> bytes:
     """Serialise a request body the way Z-API expects: UTF-8 JSON, non-ASCII kept as is."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # "replace": a lone surrogate in a bot's text must cost one character, not the answer.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
 __all__: List[str] = [

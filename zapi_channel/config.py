@@ -227,6 +227,9 @@ class ChannelConfig:
                     f"'media_texts' has an unknown kind {kind!r}; known: "
                     + ", ".join(sorted(DEFAULT_MEDIA_TEXTS))
                 )
+            if not clean(text):
+                # An empty text would reach Rasa as an empty message.
+                raise ConfigError(f"'media_texts' entry {kind!r} must not be empty")
             media_texts[kind] = clean(text)
         timeout_seconds = _as_float("timeout_seconds", data.get("timeout_seconds"), 15.0)
         return cls(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from zapi_channel.config import ChannelConfig
 
@@ -94,20 +94,71 @@ class Invalid:
 Parsed = Union[InboundMessage, Ignored, Event, Invalid]
 
 
+#: Z-API's message ids are 20-32 characters; a longer one is not Z-API's, and bounding it keeps
+#: the deduplication memory bounded in bytes, not only in entries.
+MAX_ID_LENGTH = 128
+
+
 def _str(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value.strip() else None
 
 
 def _flag(payload: Mapping[str, Any], key: str) -> bool:
-    # Z-API sends real booleans; a string "true" would be a malformed body, which is treated as
-    # "not set" rather than trusted.
-    return payload.get(key) is True
+    # Every flag here means "do not answer", so a malformed truthy value ("true", 1) fails safe:
+    # answering our own echo or a group by mistake is the costly error, not the reverse.
+    value = payload.get(key)
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return value is True or (isinstance(value, int) and value == 1)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value fit for a log line: one line, bounded (fields come from outside)."""
+    text = str(value)
+    text = text.replace("\r", " ").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def sanitize(value: Any) -> Any:
+    """A copy of ``value`` with lone UTF-16 surrogates (half an emoji) replaced in every string.
+
+    JSON allows them (``"\\ud83d"``) but UTF-8 cannot encode them, so they would break every later
+    step that writes the text: the Z-API request, the journal, Redis. Iterative, not recursive:
+    a body nested as deep as the JSON decoder allows must not exhaust Python's stack here.
+    """
+    if not isinstance(value, (dict, list)):
+        return _clean_text(value) if isinstance(value, str) else value
+    root: Any = {} if isinstance(value, dict) else []
+    pending: List[Tuple[Any, Any]] = [(value, root)]
+    while pending:
+        source, target = pending.pop()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, item in items:
+            if isinstance(item, (dict, list)):
+                copy: Any = {} if isinstance(item, dict) else []
+                pending.append((item, copy))
+            else:
+                copy = _clean_text(item) if isinstance(item, str) else item
+            if isinstance(target, dict):
+                target[_clean_text(key) if isinstance(key, str) else key] = copy
+            else:
+                target.append(copy)
+    return root
+
+
+def _clean_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def parse_callback(payload: Any, config: ChannelConfig) -> Parsed:
     """Decide what a webhook body means for this channel."""
     if not isinstance(payload, Mapping):
         return Invalid("the body is not a JSON object")
+    payload = sanitize(dict(payload))
     kind = payload.get("type")
     if not isinstance(kind, str) or not kind:
         return Invalid("the body has no 'type': not a Z-API callback")
@@ -118,35 +169,40 @@ def parse_callback(payload: Any, config: ChannelConfig) -> Parsed:
         return _received(payload, config, instance_id)
     handler = _EVENTS.get(kind)
     if handler is None:
-        return Ignored(f"unknown callback type {kind[:60]!r}")
+        return Ignored(f"unknown callback type {_short(kind, 60)!r}")
     return handler(payload)
 
 
 def _received(payload: Mapping[str, Any], config: ChannelConfig, instance_id: str) -> Parsed:
-    phone = _str(payload.get("phone"))
-    message_id = _str(payload.get("messageId"))
-    if phone is None:
+    raw_phone = _str(payload.get("phone"))
+    raw_id = _str(payload.get("messageId"))
+    if raw_phone is None:
         return Invalid("a ReceivedCallback without 'phone'")
-    if message_id is None:
+    if raw_id is None:
         return Invalid("a ReceivedCallback without 'messageId'")
+    phone, message_id = raw_phone.strip(), raw_id.strip()
+    if len(phone) > MAX_ID_LENGTH or len(message_id) > MAX_ID_LENGTH:
+        return Invalid("a ReceivedCallback whose phone or messageId is far too long")
+    # Suffix checks are case-insensitive; the phone itself is kept as received (answers go to it).
+    chat = phone.lower()
 
     # Order matters only for the reason logged; every rule here means "do not answer".
     if _flag(payload, "fromMe"):
         return Ignored("our own message (fromMe): answering it would loop forever")
     if payload.get("notification") is not None:
-        return Ignored(f"a system notification ({str(payload.get('notification'))[:40]})")
+        return Ignored(f"a system notification ({_short(payload.get('notification'), 40)})")
     if _flag(payload, "waitingMessage"):
         return Ignored("a 'waiting for this message' placeholder with no content")
-    if _flag(payload, "isNewsletter") or phone.endswith("@newsletter"):
+    if _flag(payload, "isNewsletter") or chat.endswith("@newsletter"):
         return Ignored("a channel (newsletter) post")
-    if _flag(payload, "broadcast") or phone.endswith("@broadcast") or phone.endswith("-broadcast"):
+    if _flag(payload, "broadcast") or chat.endswith("@broadcast") or chat.endswith("-broadcast"):
         return Ignored("a broadcast list or status message")
     if _flag(payload, "isStatusReply"):
         return Ignored("a reply to a WhatsApp status")
     if _flag(payload, "isEdit"):
         # The original message was already answered; answering the edit would answer twice.
         return Ignored("an edit of an earlier message")
-    is_group = _flag(payload, "isGroup") or phone.endswith("-group") or phone.endswith("@g.us")
+    is_group = _flag(payload, "isGroup") or chat.endswith("-group") or chat.endswith("@g.us")
     if is_group and not config.allow_groups:
         return Ignored("a group message (set allow_groups: true to answer groups)")
 
@@ -270,10 +326,15 @@ def _delivery(payload: Mapping[str, Any]) -> Event:
         return Event(
             "DeliveryCallback",
             logging.WARNING,
-            f"Z-API could not deliver message {message_id} to {payload.get('phone')}: {error}"
-            + (f" (errorCode {payload.get('errorCode')})" if payload.get("errorCode") else ""),
+            f"Z-API could not deliver message {_short(message_id)} to "
+            f"{_short(payload.get('phone'))}: {_short(error, 300)}"
+            + (
+                f" (errorCode {_short(payload.get('errorCode'))})"
+                if payload.get("errorCode")
+                else ""
+            ),
         )
-    return Event("DeliveryCallback", logging.DEBUG, f"Z-API sent message {message_id}")
+    return Event("DeliveryCallback", logging.DEBUG, f"Z-API sent message {_short(message_id)}")
 
 
 def _status(payload: Mapping[str, Any]) -> Event:
@@ -282,7 +343,7 @@ def _status(payload: Mapping[str, Any]) -> Event:
     return Event(
         "MessageStatusCallback",
         logging.DEBUG,
-        f"{count} message(s) to {payload.get('phone')} now {payload.get('status')}",
+        f"{count} message(s) to {_short(payload.get('phone'))} now {_short(payload.get('status'))}",
     )
 
 
@@ -290,7 +351,7 @@ def _connected(payload: Mapping[str, Any]) -> Event:
     return Event(
         "ConnectedCallback",
         logging.INFO,
-        f"The Z-API instance is connected to WhatsApp number {payload.get('phone')}",
+        f"The Z-API instance is connected to WhatsApp number {_short(payload.get('phone'))}",
     )
 
 
@@ -300,7 +361,7 @@ def _disconnected(payload: Mapping[str, Any]) -> Event:
         "DisconnectedCallback",
         logging.WARNING,
         "The Z-API instance lost its WhatsApp session"
-        + (f" ({error})" if error else "")
+        + (f" ({_short(error, 200)})" if error else "")
         + ": scan the QR code again on Z-API's dashboard to reconnect",
     )
 
@@ -309,7 +370,7 @@ def _presence(payload: Mapping[str, Any]) -> Event:
     return Event(
         "PresenceChatCallback",
         logging.DEBUG,
-        f"{payload.get('phone')} is {payload.get('status')}",
+        f"{_short(payload.get('phone'))} is {_short(payload.get('status'))}",
     )
 
 

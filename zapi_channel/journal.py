@@ -78,7 +78,7 @@ class JsonlJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line.encode("utf-8"))
+                os.write(fd, line.encode("utf-8", "replace"))
                 os.fsync(fd)
             finally:
                 os.close(fd)
