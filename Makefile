@@ -18,7 +18,7 @@ export RASA_TELEMETRY_ENABLED := false
 # Rasa's own chatter (tensorflow, sqlalchemy) on stderr helps nobody during tests.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help venv lint test test-unit test-e2e run train constraints clean
+.PHONY: help venv lint test test-unit test-e2e run reliability constraints clean
 
 help:
 	@sed -n '1,8p' Makefile
@@ -52,6 +52,10 @@ test: lint
 
 run: $(STAMP)
 	$(BIN)/python scripts/run_local.py
+
+# Runs the fault-injection scenarios end to end and writes docs/reliability.md.
+reliability: $(STAMP)
+	$(BIN)/python scripts/reliability_report.py
 
 constraints: $(STAMP)
 	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new

@@ -56,10 +56,11 @@ class Harness:
         assert await self.channel.workers.join(5)
 
 
-def harness_factory(**overrides: Any) -> Callable[[], Any]:
+def harness_factory(agent: Optional[RecordingAgent] = None, **overrides: Any) -> Callable[[], Any]:
     async def build() -> Tuple[Harness, Any]:
         channel = ZApiInput(ChannelConfig.from_mapping(channel_block(**overrides)))
-        agent = RecordingAgent()
+        nonlocal agent
+        agent = agent or RecordingAgent()
         app = new_app("channel")
         app.ctx.agent = agent
         register([channel], app, route="/webhooks/")
@@ -82,8 +83,8 @@ async def harness() -> AsyncIterator[Harness]:
 async def make_harness() -> AsyncIterator[Callable[..., Any]]:
     made: List[Tuple[Harness, Any]] = []
 
-    async def make(**overrides: Any) -> Harness:
-        pair = await harness_factory(**overrides)()
+    async def make(agent: Optional[RecordingAgent] = None, **overrides: Any) -> Harness:
+        pair = await harness_factory(agent, **overrides)()
         made.append(pair)
         return pair[0]
 
@@ -438,3 +439,41 @@ async def test_with_redis_two_instances_answer_each_message_once_in_order(
         ]
         if keys:
             await harness.channel.state.redis.delete(*keys)
+
+
+class TwoAnswerAgent(RecordingAgent):
+    """Answers twice per message, and can be held between the two answers."""
+
+    async def handle_message(self, message: UserMessage) -> None:
+        await message.output_channel.send_text_message(message.sender_id, "first answer")
+        if self.gate is not None:
+            await self.gate.wait()
+        await message.output_channel.send_text_message(message.sender_id, "second answer")
+        self.messages.append(message)
+
+
+async def test_a_turn_cut_short_by_a_stop_does_not_repeat_its_sent_answers(
+    make_harness: Callable[..., Any], callback: Load, tmp_path: Any
+) -> None:
+    inbox = str(tmp_path / "pending.jsonl")
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        send_text = router.post(path__regex=r"/send-text$", name="send-text").mock(
+            return_value=httpx.Response(200, json={"messageId": "M"})
+        )
+        held = TwoAnswerAgent()
+        held.gate = asyncio.Event()
+        first = await make_harness(held, pending_inbox_path=inbox)
+        await first.post(callback("received_text"))
+        while send_text.call_count < 1:
+            await asyncio.sleep(0.01)
+        await first.channel.close(grace_seconds=0.05)  # cut between the two answers
+
+        second = await make_harness(TwoAnswerAgent(), pending_inbox_path=inbox)
+        await asyncio.sleep(0.05)
+        deadline = asyncio.get_running_loop().time() + 5
+        while not second.agent.messages:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+    sent = [json.loads(call.request.content)["message"] for call in send_text.calls]
+    assert sent == ["first answer", "second answer"]

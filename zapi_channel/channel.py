@@ -299,7 +299,12 @@ class ZApiInput(InputChannel):
                     len(unfinished),
                 )
         elif unfinished:
-            kept = self.inbox.save(message.raw for message in unfinished)
+            kept = self.inbox.save(
+                [
+                    {"payload": message.raw, "answers_sent": await self._answers_sent(message)}
+                    for message in unfinished
+                ]
+            )
             logger.warning(
                 "Stopping with %d customer message(s) not answered yet: kept in %s, they are "
                 "answered on the next start",
@@ -348,15 +353,25 @@ class ZApiInput(InputChannel):
 
     async def _resume(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         """Queue what the previous run acknowledged but did not answer, before anything new."""
-        payloads = self.inbox.take()
+        records = self.inbox.take()
         resumed = 0
-        for payload in payloads:
-            parsed = parse_callback(payload, self.config)
+        for record in records:
+            parsed = parse_callback(record.get("payload"), self.config)
             if isinstance(parsed, InboundMessage) and await self.state.first_time(parsed.dedup_key):
+                # A turn cut short may have sent some answers already: the re-run skips them.
+                for number in range(1, _count(record.get("answers_sent")) + 1):
+                    await self.state.mark_sent(f"{parsed.dedup_key}:{number}")
                 self._accept(parsed, on_new_message)
                 resumed += 1
-        if payloads:
+        if records:
             logger.info("Answering %d message(s) kept by the previous run", resumed)
+
+    async def _answers_sent(self, message: InboundMessage) -> int:
+        """How many answers to ``message`` already went out (its turn may have been cut short)."""
+        count = 0
+        while await self.state.already_sent(f"{message.dedup_key}:{count + 1}"):
+            count += 1
+        return count
 
     # -- the webhook ------------------------------------------------------------------------------
 
@@ -455,7 +470,7 @@ class ZApiInput(InputChannel):
                 return response.json({"status": "accepted"})
             if self._stopping:
                 # Shutting down: no new turn starts, but an acknowledged message is never lost.
-                self.inbox.save([parsed.raw])
+                self.inbox.save([{"payload": parsed.raw, "answers_sent": 0}])
                 return response.json({"status": "accepted"})
             self._accept(parsed, on_new_message)
             return response.json({"status": "accepted"})
@@ -478,6 +493,10 @@ class ZApiInput(InputChannel):
         bp.listener(start, "after_server_start")
         bp.listener(finish, "before_server_stop")
         return bp
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 __all__ = ["CHANNEL_NAME", "ZApiInput", "ZApiOutput"]

@@ -4,9 +4,9 @@ On SIGTERM/SIGINT the channel finishes queued turns within a grace period. What 
 or running then would be lost (Z-API already got its 200 and will not send it again), so the raw
 callbacks are written here, and the next start processes them before anything else.
 
-The file is replaced atomically and read once: a crash between reading and processing loses
-nothing that was not already lost, and a message is at worst answered twice (the one whose turn was
-interrupted mid-way), never silently dropped.
+Each record is ``{"payload": <the callback>, "answers_sent": n}``: a turn cut short by the stop
+may already have sent its first answers, and the next start skips those instead of repeating them.
+The file is replaced atomically and read once.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ class PendingInbox:
     def __repr__(self) -> str:
         return f"PendingInbox({str(self.path)!r})"
 
-    def save(self, payloads: Iterable[Mapping[str, Any]]) -> int:
-        """Add ``payloads`` after whatever is already waiting; returns how many were added."""
+    def save(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Add ``records`` after whatever is already waiting; returns how many were added."""
         existing = self._read()
-        added = [dict(payload) for payload in payloads]
+        added = [dict(record) for record in records]
         if not added:
             return 0
         lines = [json.dumps(p, ensure_ascii=False) for p in existing + added]
@@ -36,7 +36,7 @@ class PendingInbox:
         return len(added)
 
     def take(self) -> List[Dict[str, Any]]:
-        """Every waiting payload, oldest first; the file is removed."""
+        """Every waiting record, oldest first; the file is removed."""
         payloads = self._read()
         if self.path.exists():
             self.path.unlink()

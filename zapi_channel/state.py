@@ -52,6 +52,7 @@ class MemoryState:
         self.choices: TTLCache[List[Choice]] = TTLCache(
             ttl=CHOICES_TTL_SECONDS, max_items=max_items
         )
+        self.sent: TTLCache[bool] = TTLCache(ttl=SENT_TTL_SECONDS, max_items=max_items)
 
     def __repr__(self) -> str:
         return "MemoryState()"
@@ -69,11 +70,12 @@ class MemoryState:
         return self.choices.pop(phone)
 
     async def already_sent(self, reply_key: str) -> bool:
-        # One process never runs a turn twice: only a crash does, and then this memory is gone.
-        return False
+        # Read when a stop cuts a turn short (its count goes to the pending inbox) and when the
+        # next start re-runs it.
+        return bool(self.sent.get(reply_key))
 
     async def mark_sent(self, reply_key: str) -> None:
-        return None
+        self.sent.set(reply_key, True)
 
     async def aclose(self) -> None:
         return None

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import EMULATOR_CLIENT, EMULATOR_INSTANCE, EMULATOR_TOKEN, Stack
+from tests.e2e.figures import record, tally
 
 pytestmark = pytest.mark.e2e
 
@@ -124,6 +125,18 @@ def test_messages_in_quick_succession_are_answered_once_each_in_order(stack: Sta
         sent = bot_messages(stack, phone, 3)
     finally:
         httpx.delete(f"{stack.emulator_url}/_emulator/faults", timeout=5)
+    expected = ["I'm a bot, powered by Rasa and Z-API.", "You're welcome!", "Bye! Talk soon."]
+    received, lost, duplicated = tally({phone: expected}, {phone: [m["text"] for m in sent]})
+    record(
+        "Z-API delivers every webhook twice",
+        sent=3,
+        duplicates=3,
+        faults="none",
+        expected=3,
+        received=received,
+        lost=lost,
+        duplicated=duplicated,
+    )
     assert [m["body"]["message"] for m in sent] == [
         "I'm a bot, powered by Rasa and Z-API.",
         "You're welcome!",
@@ -172,3 +185,32 @@ def test_no_secret_reaches_any_log(stack: Stack) -> None:
     assert "send-text" in logs or "Z-API" in logs
     for secret in (EMULATOR_TOKEN, EMULATOR_CLIENT, stack.webhook_token):
         assert secret not in logs
+
+
+def test_transient_zapi_failures_are_retried_and_no_answer_is_lost(stack: Stack) -> None:
+    phones = [new_phone() for _ in range(4)]
+    # Z-API answers 503 to the next sends: the channel retries with backoff.
+    httpx.post(
+        f"{stack.emulator_url}/_emulator/faults",
+        json={"fail_sends": 3, "fail_status": 503},
+        timeout=5,
+    )
+    try:
+        for phone in phones:
+            say(stack, phone, text="thanks")
+        found = {phone: [m["text"] for m in bot_messages(stack, phone, 1)] for phone in phones}
+    finally:
+        httpx.delete(f"{stack.emulator_url}/_emulator/faults", timeout=5)
+    received, lost, duplicated = tally({phone: ["You're welcome!"] for phone in phones}, found)
+    record(
+        "Z-API answers 503 to three sends in a row",
+        sent=len(phones),
+        duplicates=0,
+        faults="3 x HTTP 503 on send-text",
+        expected=len(phones),
+        received=received,
+        lost=lost,
+        duplicated=duplicated,
+    )
+    assert found == {phone: ["You're welcome!"] for phone in phones}
+    assert "retrying in" in stack.processes["rasa"].log()

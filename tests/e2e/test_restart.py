@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import EMULATOR_CLIENT, EMULATOR_INSTANCE, EMULATOR_TOKEN
+from tests.e2e.figures import record, tally
 from tests.livesanic import free_port
 from tests.processes import BIN, Process
 
@@ -111,6 +112,17 @@ def test_sigterm_mid_stream_loses_no_acknowledged_message(rig: Dict[str, object]
         found = answers(emulator)
     finally:
         second.stop()
+    received, lost, duplicated = tally({phone: ["You're welcome!"] for phone in SENDERS}, found)
+    record(
+        "SIGTERM to rasa run mid-stream, then a restart",
+        sent=len(SENDERS),
+        duplicates=0,
+        faults=f"SIGTERM with no grace period ({len(kept_lines)} messages not answered yet)",
+        expected=len(SENDERS),
+        received=received,
+        lost=lost,
+        duplicated=duplicated,
+    )
     unanswered = [phone for phone, texts in found.items() if not texts]
     assert unanswered == [], f"lost: {unanswered}\n{second.log()[-3000:]}"
     assert all(set(texts) == {"You're welcome!"} for texts in found.values())

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import EMULATOR_CLIENT, EMULATOR_INSTANCE, EMULATOR_TOKEN
+from tests.e2e.figures import record, tally
 from tests.livesanic import free_port
 from tests.processes import BIN, Process
 from tests.redis_server import ensure_redis
@@ -159,7 +160,19 @@ def test_each_message_is_answered_once_in_order_across_two_instances(cluster: Cl
     run_conversations(cluster, phones, range(len(CONVERSATION)), alive=[0, 1])
     found = cluster.wait_answers(phones, len(CONVERSATION))
     expected = [answer for _, answer in CONVERSATION]
-    assert found == {phone: expected for phone in phones}, cluster.processes["rasa0"].log()[-2000:]
+    wanted = {phone: expected for phone in phones}
+    received, lost, duplicated = tally(wanted, found)
+    record(
+        "Two instances, every message delivered to one and duplicated to the other",
+        sent=len(phones) * len(CONVERSATION),
+        duplicates=len(phones) * len(CONVERSATION),
+        faults="none",
+        expected=len(phones) * len(expected),
+        received=received,
+        lost=lost,
+        duplicated=duplicated,
+    )
+    assert found == wanted, cluster.processes["rasa0"].log()[-2000:]
 
 
 def test_killing_one_instance_mid_stream_loses_and_repeats_nothing(cluster: Cluster) -> None:
@@ -170,4 +183,16 @@ def test_killing_one_instance_mid_stream_loses_and_repeats_nothing(cluster: Clus
     run_conversations(cluster, phones, range(2, len(CONVERSATION)), alive=[1])
     found = cluster.wait_answers(phones, len(CONVERSATION), timeout=120)
     expected = [answer for _, answer in CONVERSATION]
-    assert found == {phone: expected for phone in phones}, cluster.processes["rasa1"].log()[-3000:]
+    wanted = {phone: expected for phone in phones}
+    received, lost, duplicated = tally(wanted, found)
+    record(
+        "Two instances, one killed with SIGKILL mid-stream",
+        sent=len(phones) * len(CONVERSATION),
+        duplicates=len(phones) * 2,
+        faults="1 instance SIGKILLed after half the messages",
+        expected=len(phones) * len(expected),
+        received=received,
+        lost=lost,
+        duplicated=duplicated,
+    )
+    assert found == wanted, cluster.processes["rasa1"].log()[-3000:]
