@@ -20,7 +20,7 @@ import hmac
 import json
 import logging
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Set
 
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from sanic import Blueprint, response
@@ -74,6 +74,7 @@ class ZApiOutput(OutputChannel):
         journal: JsonlJournal,
         *,
         reply_key: Optional[str] = None,
+        in_flight: Optional[Set[asyncio.Task[bool]]] = None,
     ) -> None:
         self.client = client
         self.config = config
@@ -83,6 +84,7 @@ class ZApiOutput(OutputChannel):
         # a crash skips the answers that already went out.
         self._reply_key = reply_key
         self._answers = 0
+        self._in_flight = in_flight
 
     def __repr__(self) -> str:
         return f"ZApiOutput({self.client.credentials!r})"
@@ -98,6 +100,18 @@ class ZApiOutput(OutputChannel):
                 self._reply_key,
             )
             return True
+        # A stop may cancel the turn while this request is on the wire. The send and its marker
+        # run as their own task, shielded from that cancellation, so that whether the answer went
+        # out is known when the stop counts what each cut-short turn already sent.
+        task = asyncio.ensure_future(self._send(recipient_id, endpoint, request, marker))
+        if self._in_flight is not None:
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return await asyncio.shield(task)
+
+    async def _send(
+        self, recipient_id: str, endpoint: str, request: Dict[str, Any], marker: Optional[str]
+    ) -> bool:
         try:
             await self.client.send(endpoint, request)
         except Exception as exc:
@@ -255,6 +269,7 @@ class ZApiInput(InputChannel):
             config.max_concurrency
         )
         self.inbox = PendingInbox(Path(config.pending_inbox_path))
+        self._sends: Set[asyncio.Task[bool]] = set()
         self._stopping = False
         self.journal = JsonlJournal(Path(config.failed_sends_path))
 
@@ -275,7 +290,14 @@ class ZApiInput(InputChannel):
         return self._client
 
     def get_output_channel(self, reply_key: Optional[str] = None) -> ZApiOutput:
-        return ZApiOutput(self.client, self.config, self.state, self.journal, reply_key=reply_key)
+        return ZApiOutput(
+            self.client,
+            self.config,
+            self.state,
+            self.journal,
+            reply_key=reply_key,
+            in_flight=self._sends,
+        )
 
     async def close(self, grace_seconds: Optional[float] = None) -> None:
         """Finish queued turns within the grace period, keep the rest, close the HTTP client."""
@@ -287,6 +309,9 @@ class ZApiInput(InputChannel):
             await self.stream.stop_reading()
         if not await self.workers.join(grace):
             unfinished = await self.workers.cancel()
+            if self._sends:
+                # Requests already on the wire finish (or time out) before anything is counted.
+                await asyncio.wait(set(self._sends), timeout=self.config.timeout_seconds + 1)
         else:
             unfinished = []
         if self.stream is not None:
