@@ -117,7 +117,7 @@ def test_sigterm_mid_stream_loses_no_acknowledged_message(rig: Dict[str, object]
         "SIGTERM to rasa run mid-stream, then a restart",
         sent=len(SENDERS),
         duplicates=0,
-        faults=f"SIGTERM with no grace period ({len(kept_lines)} messages not answered yet)",
+        faults=f"SIGTERM with no grace period ({len(kept_lines)} message(s) not answered yet)",
         expected=len(SENDERS),
         received=received,
         lost=lost,
