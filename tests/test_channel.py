@@ -477,3 +477,14 @@ async def test_a_turn_cut_short_by_a_stop_does_not_repeat_its_sent_answers(
             await asyncio.sleep(0.02)
     sent = [json.loads(call.request.content)["message"] for call in send_text.calls]
     assert sent == ["first answer", "second answer"]
+
+
+async def test_refused_requests_are_reported_without_the_token_at_most_once_a_minute(
+    harness: Harness, callback: Load, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="zapi_channel"):
+        for token in ("wrong-1", "wrong-2", None):
+            await harness.post(callback("received_text"), token=token)
+    reports = [r.getMessage() for r in caplog.records if "Refused" in r.getMessage()]
+    assert len(reports) == 1
+    assert "wrong-1" not in caplog.text and WEBHOOK_TOKEN not in caplog.text

@@ -68,3 +68,19 @@ async def test_redis_state_is_shared_between_instances(redis_url: str) -> None:
 
 def test_repr_hides_the_url_password() -> None:
     assert "secret" not in repr(RedisState("redis://:secret@127.0.0.1:6379/0"))
+
+
+def test_the_redis_journal_is_shared_and_removes_by_id(redis_url: str) -> None:
+    from zapi_channel.journal import FAILED, RedisJournal
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    one, two = RedisJournal(redis_url, prefix=prefix), RedisJournal(redis_url, prefix=prefix)
+    try:
+        first = one.record("send-text", {"phone": "5511", "message": "a"}, "HTTP 503", FAILED)
+        two.record("send-text", {"phone": "5511", "message": "b \ud83d"}, "HTTP 503", FAILED)
+        assert [e.body["message"] for e in two.entries()] == ["a", "b ?"]
+        assert two.remove([first.id]) == 1
+        assert [e.body["message"] for e in one.entries()] == ["b ?"]
+        assert "Redis list" in one.where and "redis://" not in repr(one)
+    finally:
+        one.redis.delete(one.key)

@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Set
 
@@ -32,7 +33,7 @@ from zapi_channel.config import ChannelConfig
 from zapi_channel.errors import TransportError, ZApiError
 from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
 from zapi_channel.inbox import PendingInbox
-from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
+from zapi_channel.journal import FAILED, UNKNOWN, Journal, JsonlJournal, RedisJournal
 from zapi_channel.outbound import (
     InvalidCustomPayload,
     buttons_request,
@@ -71,7 +72,7 @@ class ZApiOutput(OutputChannel):
         client: ZApiClient,
         config: ChannelConfig,
         state: ChannelState,
-        journal: JsonlJournal,
+        journal: Journal,
         *,
         reply_key: Optional[str] = None,
         in_flight: Optional[Set[asyncio.Task[bool]]] = None,
@@ -133,7 +134,7 @@ class ZApiOutput(OutputChannel):
                 outcome,
                 exc,
                 entry.id,
-                self.journal.path,
+                self.journal.where,
                 entry.id,
             )
             return False
@@ -270,8 +271,14 @@ class ZApiInput(InputChannel):
         )
         self.inbox = PendingInbox(Path(config.pending_inbox_path))
         self._sends: Set[asyncio.Task[bool]] = set()
+        self._refused = 0
+        self._refused_reported_at = -60.0
         self._stopping = False
-        self.journal = JsonlJournal(Path(config.failed_sends_path))
+        self.journal: Journal = (
+            RedisJournal(config.redis_url, prefix=config.redis_prefix)
+            if config.redis_url
+            else JsonlJournal(Path(config.failed_sends_path))
+        )
 
     def __repr__(self) -> str:
         return f"ZApiInput({self.config!r})"
@@ -401,14 +408,32 @@ class ZApiInput(InputChannel):
     # -- the webhook ------------------------------------------------------------------------------
 
     def _authenticate(self, request: Request) -> Optional[HTTPResponse]:
+        # Refusals are not rate-limited here: the token has 256 bits, so guessing is hopeless, and
+        # a refusal costs a constant-time compare and no parsing. Throttling abusive clients is the
+        # reverse proxy's job. Refusals are counted and reported, at most once a minute.
         tokens = request.args.getlist("token") if "token" in request.args else []
         if not tokens:
+            self._refused_request(request)
             return response.json({"error": "missing token"}, status=401)
         # Exactly one token: "?token=wrong&token=right" must not pass by picking the good one.
         given = tokens[0] if len(tokens) == 1 else ""
         if not hmac.compare_digest(given.encode(), self.config.webhook_token.encode()):
+            self._refused_request(request)
             return response.json({"error": "invalid token"}, status=403)
         return None
+
+    def _refused_request(self, request: Request) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_reported_at >= 60:
+            logger.warning(
+                "Refused %d webhook request(s) without the right token in the last minute "
+                "(latest from %s). If that is Z-API, its webhook URL is outdated: run "
+                "`zapi-channel webhook-url`.",
+                self._refused,
+                request.ip,
+            )
+            self._refused, self._refused_reported_at = 0, now
 
     def _decode(self, request: Request) -> Any:
         if len(request.body or b"") > self.config.max_body_bytes:

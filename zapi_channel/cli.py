@@ -33,7 +33,7 @@ from zapi_channel.errors import (
     TransportError,
     ZApiError,
 )
-from zapi_channel.journal import UNKNOWN, JsonlJournal
+from zapi_channel.journal import UNKNOWN, Journal, JsonlJournal, RedisJournal
 
 EXIT_OK = 0
 EXIT_ZAPI_ERROR = 1
@@ -187,20 +187,23 @@ async def _cmd_disconnect(args: argparse.Namespace, store: CredentialsFile, out:
     return EXIT_OK
 
 
-def _journal(args: argparse.Namespace, store: CredentialsFile) -> JsonlJournal:
+def _journal(args: argparse.Namespace, store: CredentialsFile) -> Journal:
     if args.journal:
         return JsonlJournal(Path(args.journal))
-    configured = clean(store.resolved_block().get("failed_sends_path"))
-    return JsonlJournal(Path(configured or "failed-sends.jsonl"))
+    block = store.resolved_block()
+    redis_url = clean(block.get("redis_url"))
+    if redis_url:
+        return RedisJournal(redis_url, prefix=clean(block.get("redis_prefix")) or "zapi")
+    return JsonlJournal(Path(clean(block.get("failed_sends_path")) or "failed-sends.jsonl"))
 
 
 async def _cmd_failed_list(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
     journal = _journal(args, store)
     entries = journal.entries()
     if not entries:
-        out(f"No failed sends in {journal.path}.")
+        out(f"No failed sends in {journal.where}.")
         return EXIT_OK
-    out(f"{len(entries)} answer(s) Z-API did not take ({journal.path}):")
+    out(f"{len(entries)} answer(s) Z-API did not take ({journal.where}):")
     for entry in entries:
         preview = str(entry.body.get("message") or entry.body.get("caption") or "")[:40]
         out(
@@ -222,7 +225,7 @@ async def _cmd_failed_retry(args: argparse.Namespace, store: CredentialsFile, ou
         chosen = [entry for entry in entries if entry.id in set(args.ids)]
         missing = sorted(set(args.ids) - {entry.id for entry in chosen})
         if missing:
-            raise ConfigError(f"Not in {journal.path}: {', '.join(missing)}")
+            raise ConfigError(f"Not in {journal.where}: {', '.join(missing)}")
     else:
         # An unknown outcome may already have been delivered: resending it needs a decision.
         chosen = [entry for entry in entries if entry.outcome != UNKNOWN]
@@ -246,7 +249,7 @@ async def _cmd_failed_retry(args: argparse.Namespace, store: CredentialsFile, ou
             resent.append(entry.id)
             out(f"  {entry.id}: resent to {entry.phone}")
     journal.remove(resent)
-    out(f"Resent {len(resent)}; {failed} still failing (kept in {journal.path}).")
+    out(f"Resent {len(resent)}; {failed} still failing (kept in {journal.where}).")
     return EXIT_OK if failed == 0 else EXIT_ZAPI_ERROR
 
 
@@ -329,7 +332,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     for sub in (failed_list, failed_retry):
         sub.add_argument(
-            "--journal", help="the journal file (default: failed_sends_path, or failed-sends.jsonl)"
+            "--journal",
+            help="a journal file (default: Redis with redis_url, else failed_sends_path)",
         )
     failed_list.set_defaults(handler=_cmd_failed_list)
     failed_retry.set_defaults(handler=_cmd_failed_retry)
