@@ -12,6 +12,8 @@ import httpx
 import pytest
 import respx
 
+from tests.redis_server import ensure_redis
+from zapi_channel.client import WEBHOOK_KINDS
 from zapi_channel.config import ChannelConfig, ZApiCredentials
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -24,6 +26,26 @@ WEBHOOK_TOKEN = "WEBHOOKTOKEN-0a1b2c3d4e5f6a7b8c9d"
 BASE_URL = "https://api.z-api.io"
 API = f"{BASE_URL}/instances/{INSTANCE_ID}/token/{INSTANCE_TOKEN}"
 SECRETS = (INSTANCE_TOKEN, CLIENT_TOKEN, WEBHOOK_TOKEN)
+
+
+#: A credentials.yml whose channel block reads every secret from the environment.
+PLACEHOLDERS = """\
+# Rasa channels
+zapi_channel.ZApiInput:
+  instance_id: ${ZAPI_INSTANCE_ID}
+  instance_token: ${ZAPI_INSTANCE_TOKEN}
+  client_token: ${ZAPI_CLIENT_TOKEN}
+  webhook_token: ${ZAPI_WEBHOOK_TOKEN}
+"""
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis to test against (the machine's, or one started for the run), else skip."""
+    url = ensure_redis()
+    if url is None:
+        pytest.skip("no Redis server: install redis-server (CI does)")
+    return url
 
 
 def channel_block(**overrides: Any) -> Dict[str, Any]:
@@ -103,14 +125,7 @@ def zapi() -> Iterator[respx.MockRouter]:
             return_value=ok_send()
         )
         router.post("/read-message", name="read-message").mock(return_value=httpx.Response(204))
-        for kind in (
-            "received",
-            "delivery",
-            "message-status",
-            "connected",
-            "disconnected",
-            "chat-presence",
-        ):
+        for kind in WEBHOOK_KINDS:
             router.put(f"/update-webhook-{kind}", name=f"update-webhook-{kind}").mock(
                 return_value=httpx.Response(200, json={"value": True})
             )

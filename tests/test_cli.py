@@ -10,20 +10,13 @@ from typing import Dict, Iterator, Optional, Tuple
 import httpx
 import pytest
 
+from tests.conftest import PLACEHOLDERS
 from tests.livesanic import free_port
 from tests.processes import BIN, Process, child_env
 
 INSTANCE = "CLI00000000000000000000000000001"
 TOKEN = "cli-instance-token-9f8e7d6c"
 CLIENT = "cli-client-token-1a2b3c4d"
-PLACEHOLDERS = """\
-# Rasa channels
-zapi_channel.ZApiInput:
-  instance_id: ${ZAPI_INSTANCE_ID}
-  instance_token: ${ZAPI_INSTANCE_TOKEN}
-  client_token: ${ZAPI_CLIENT_TOKEN}
-  webhook_token: ${ZAPI_WEBHOOK_TOKEN}
-"""
 
 
 @pytest.fixture(scope="module")

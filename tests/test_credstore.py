@@ -9,6 +9,7 @@ import pytest
 # loaded, as they are in rasa run and in the CLI's tests run in the same process.
 import rasa.shared.utils.io  # noqa: F401
 
+from tests.conftest import PLACEHOLDERS
 from zapi_channel.credstore import CredentialsFile, read_dotenv
 from zapi_channel.errors import ConfigError
 
@@ -21,14 +22,6 @@ zapi_channel.ZApiInput:
   instance_token: OLDTOKEN
   client_token: OLDCLIENT
   webhook_token: HOOK
-"""
-
-PLACEHOLDERS = """\
-zapi_channel.ZApiInput:
-  instance_id: ${ZAPI_INSTANCE_ID}
-  instance_token: ${ZAPI_INSTANCE_TOKEN}
-  client_token: ${ZAPI_CLIENT_TOKEN}
-  webhook_token: ${ZAPI_WEBHOOK_TOKEN}
 """
 
 

@@ -7,20 +7,12 @@ import httpx
 import pytest
 import respx
 
-from tests.conftest import CLIENT_TOKEN, INSTANCE_ID, INSTANCE_TOKEN
+from tests.conftest import CLIENT_TOKEN, INSTANCE_ID, INSTANCE_TOKEN, PLACEHOLDERS
 from zapi_channel import setup
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import ZApiCredentials
 from zapi_channel.credstore import CredentialsFile
 from zapi_channel.errors import ConfigError, InvalidCredentials
-
-PLACEHOLDERS = """\
-zapi_channel.ZApiInput:
-  instance_id: ${ZAPI_INSTANCE_ID}
-  instance_token: ${ZAPI_INSTANCE_TOKEN}
-  client_token: ${ZAPI_CLIENT_TOKEN}
-  webhook_token: ${ZAPI_WEBHOOK_TOKEN}
-"""
 
 
 def factory(credentials: ZApiCredentials) -> ZApiClient:

@@ -5,19 +5,10 @@ from typing import AsyncIterator, Union
 
 import pytest
 
-from tests.redis_server import ensure_redis
 from zapi_channel.outbound import Choice
 from zapi_channel.state import MemoryState, RedisState
 
 MENU = [Choice("A picture", "/ask_image"), Choice("A document", "/ask_document")]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    url = ensure_redis()
-    if url is None:
-        pytest.skip("no Redis server: install redis-server (CI does)")
-    return url
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -9,18 +9,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Tuple
 import pytest
 import redis.asyncio as redis_asyncio
 
-from tests.redis_server import ensure_redis
 from zapi_channel.stream_inbox import StreamInbox
 
 Seen = List[Tuple[str, int, str, str]]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    url = ensure_redis()
-    if url is None:
-        pytest.skip("no Redis server: install redis-server (CI does)")
-    return url
 
 
 @pytest.fixture

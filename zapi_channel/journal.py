@@ -83,6 +83,19 @@ def _line(entry: FailedSend) -> str:
     return json.dumps(asdict(entry), ensure_ascii=False)
 
 
+def _parse(lines: Iterable[str]) -> List[FailedSend]:
+    entries: List[FailedSend] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            entries.append(FailedSend.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            # A line cut short by a crash mid-write must not hide the others.
+            continue
+    return entries
+
+
 class JsonlJournal:
     """A journal in one JSON Lines file. Safe across threads of one process."""
 
@@ -115,16 +128,7 @@ class JsonlJournal:
     def entries(self) -> List[FailedSend]:
         if not self.path.exists():
             return []
-        entries: List[FailedSend] = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                entries.append(FailedSend.from_json(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                # A line cut short by a crash mid-write must not hide the others.
-                continue
-        return entries
+        return _parse(self.path.read_text(encoding="utf-8").splitlines())
 
     def get(self, entry_id: str) -> Optional[FailedSend]:
         return next((entry for entry in self.entries() if entry.id == entry_id), None)
@@ -165,13 +169,7 @@ class RedisJournal:
         return entry
 
     def entries(self) -> List[FailedSend]:
-        entries: List[FailedSend] = []
-        for line in self.redis.lrange(self.key, 0, -1):
-            try:
-                entries.append(FailedSend.from_json(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                continue
-        return entries
+        return _parse(self.redis.lrange(self.key, 0, -1))
 
     def get(self, entry_id: str) -> Optional[FailedSend]:
         return next((entry for entry in self.entries() if entry.id == entry_id), None)

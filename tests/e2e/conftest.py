@@ -23,6 +23,26 @@ EMULATOR_TOKEN = "e2e-instance-token-5a7c9e1f"
 EMULATOR_CLIENT = "e2e-client-token-2b4d6f8a"
 
 
+def channel_credentials(
+    folder: Path, *, emulator_url: str, webhook_token: str, **options: object
+) -> Path:
+    """A credentials.yml for the emulator's instance, plus ``options`` as further channel keys."""
+    lines = [
+        "zapi_channel.ZApiInput:",
+        f"  instance_id: {EMULATOR_INSTANCE}",
+        f"  instance_token: {EMULATOR_TOKEN}",
+        f"  client_token: {EMULATOR_CLIENT}",
+        f"  webhook_token: {webhook_token}",
+        f"  base_url: {emulator_url}",
+        f"  failed_sends_path: {folder / 'failed-sends.jsonl'}",
+        f"  pending_inbox_path: {folder / 'pending-inbox.jsonl'}",
+        *(f"  {key}: {value}" for key, value in options.items()),
+    ]
+    path = folder / "credentials.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e")

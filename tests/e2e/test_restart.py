@@ -16,7 +16,12 @@ from typing import Dict, Iterator, List
 import httpx
 import pytest
 
-from tests.e2e.conftest import EMULATOR_CLIENT, EMULATOR_INSTANCE, EMULATOR_TOKEN
+from tests.e2e.conftest import (
+    EMULATOR_CLIENT,
+    EMULATOR_INSTANCE,
+    EMULATOR_TOKEN,
+    channel_credentials,
+)
 from tests.e2e.figures import record, tally
 from tests.livesanic import free_port
 from tests.processes import BIN, Process
@@ -31,17 +36,8 @@ def rig(trained_model: Path, tmp_path: Path) -> Iterator[Dict[str, object]]:
     emulator_port, actions_port, rasa_port = free_port(), free_port(), free_port()
     token = secrets.token_urlsafe(24)
     emulator_url = f"http://127.0.0.1:{emulator_port}"
-    credentials = tmp_path / "credentials.yml"
-    credentials.write_text(
-        "zapi_channel.ZApiInput:\n"
-        f"  instance_id: {EMULATOR_INSTANCE}\n"
-        f"  instance_token: {EMULATOR_TOKEN}\n"
-        f"  client_token: {EMULATOR_CLIENT}\n"
-        f"  webhook_token: {token}\n"
-        f"  base_url: {emulator_url}\n"
-        "  shutdown_grace_seconds: 0\n"
-        f"  pending_inbox_path: {tmp_path / 'pending-inbox.jsonl'}\n"
-        f"  failed_sends_path: {tmp_path / 'failed-sends.jsonl'}\n"
+    credentials = channel_credentials(
+        tmp_path, emulator_url=emulator_url, webhook_token=token, shutdown_grace_seconds=0
     )
     endpoints = tmp_path / "endpoints.yml"
     endpoints.write_text(f"action_endpoint:\n  url: http://127.0.0.1:{actions_port}/webhook\n")

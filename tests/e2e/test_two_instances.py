@@ -21,7 +21,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.e2e.conftest import EMULATOR_CLIENT, EMULATOR_INSTANCE, EMULATOR_TOKEN
+from tests.e2e.conftest import (
+    EMULATOR_CLIENT,
+    EMULATOR_INSTANCE,
+    EMULATOR_TOKEN,
+    channel_credentials,
+)
 from tests.e2e.figures import record, tally
 from tests.livesanic import free_port
 from tests.processes import BIN, Process
@@ -88,19 +93,14 @@ def cluster(trained_model: Path, tmp_path: Path) -> Iterator[Cluster]:
     emulator_port, actions_port = free_port(), free_port()
     rasa_ports = [free_port(), free_port()]
     emulator_url = f"http://127.0.0.1:{emulator_port}"
-    credentials = tmp_path / "credentials.yml"
-    credentials.write_text(
-        "zapi_channel.ZApiInput:\n"
-        f"  instance_id: {EMULATOR_INSTANCE}\n"
-        f"  instance_token: {EMULATOR_TOKEN}\n"
-        f"  client_token: {EMULATOR_CLIENT}\n"
-        f"  webhook_token: {token}\n"
-        f"  base_url: {emulator_url}\n"
-        f"  redis_url: {redis_url}\n"
-        f"  redis_prefix: e2e-{unique}\n"
-        "  inbox_partitions: 4\n"
-        "  inbox_lease_seconds: 3\n"
-        f"  failed_sends_path: {tmp_path / 'failed.jsonl'}\n"
+    credentials = channel_credentials(
+        tmp_path,
+        emulator_url=emulator_url,
+        webhook_token=token,
+        redis_url=redis_url,
+        redis_prefix=f"e2e-{unique}",
+        inbox_partitions=4,
+        inbox_lease_seconds=3,
     )
     endpoints = tmp_path / "endpoints.yml"
     endpoints.write_text(
