@@ -128,6 +128,9 @@ def sanitize(value: Any) -> Any:
     """
     if not isinstance(value, (dict, list)):
         return _clean_text(value) if isinstance(value, str) else value
+    if not _has_bad_text(value):
+        # The usual case, and the webhook's hot path: nothing to clean, nothing to copy.
+        return value
     root: Any = {} if isinstance(value, dict) else []
     pending: List[Tuple[Any, Any]] = [(value, root)]
     while pending:
@@ -144,6 +147,23 @@ def sanitize(value: Any) -> Any:
             else:
                 target.append(copy)
     return root
+
+
+def _has_bad_text(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        items = current.items() if isinstance(current, dict) else enumerate(current)
+        for key, item in items:
+            if isinstance(key, str) and not key.isascii() and _clean_text(key) is not key:
+                return True
+            if isinstance(item, str):
+                # ASCII text cannot hold a surrogate; only the rest needs the encode check.
+                if not item.isascii() and _clean_text(item) is not item:
+                    return True
+            elif isinstance(item, (dict, list)):
+                pending.append(item)
+    return False
 
 
 def _clean_text(text: str) -> str:
