@@ -2,6 +2,7 @@
 #
 #   make test    create the virtual environment (Python 3.10), install, lint, run every test
 #   make run     train the demo bot if needed and run it against the local Z-API emulator
+#   make bench   measure against Rasa's channels; rewrites docs/benchmarks.md (needs wrk)
 #
 # Secrets for a real Z-API instance live in .env (git-ignored; `zapi-channel connect` writes it).
 
@@ -18,10 +19,10 @@ export RASA_TELEMETRY_ENABLED := false
 # Rasa's own chatter (tensorflow, sqlalchemy) on stderr helps nobody during tests.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help venv lint test test-unit test-e2e run reliability constraints clean
+.PHONY: help venv lint test test-unit test-e2e run reliability bench constraints clean
 
 help:
-	@sed -n '1,8p' Makefile
+	@sed -n '1,9p' Makefile
 
 $(STAMP): pyproject.toml constraints.txt
 	@set -e; \
@@ -56,6 +57,11 @@ run: $(STAMP)
 # Runs the fault-injection scenarios end to end and writes docs/reliability.md.
 reliability: $(STAMP)
 	$(BIN)/python scripts/reliability_report.py
+
+# Benchmarks are measurements, never tests: see bench/README.md.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk" >&2; exit 2; }
+	$(BIN)/python -m bench.run
 
 constraints: $(STAMP)
 	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new

@@ -16,6 +16,7 @@ them to sanic and to Rasa's ``on_new_message``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -526,6 +527,12 @@ class ZApiInput(InputChannel):
             return response.json({"status": "accepted"})
 
         async def start(app: Any, loop: Any) -> None:
+            # Rasa has loaded the model by now (before_server_start). Its ~600k long-lived objects
+            # would make every full garbage collection pause the event loop for hundreds of ms,
+            # the whole tail of the webhook's ack latency (docs/benchmarks.md): collect once, then
+            # leave them out of later collections.
+            gc.collect()
+            gc.freeze()
             await self._resume(on_new_message)
             if self.stream is not None:
 

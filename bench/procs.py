@@ -1,0 +1,134 @@
+"""The processes a benchmark starts: servers on loopback ports, stopped by process group.
+
+Modelled on ``tests/processes.py`` (kept separate so that the benchmarks do not break when the
+tests' helpers change). Every child runs in its own session, so stopping it with ``killpg`` also
+stops whatever it started, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PYTHON = sys.executable
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def child_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        RASA_TELEMETRY_ENABLED="false",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+        # The children import `bench.server` and `zapi_channel` from this checkout.
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Process:
+    """A child process logging to ``log_dir/<name>.log``; :meth:`stop` is SIGTERM, then SIGKILL."""
+
+    def __init__(
+        self, name: str, args: List[str], log_dir: Path, env: Optional[Dict[str, str]] = None
+    ) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**child_env(), **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_http(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"{self.name} did not answer {url} within {timeout}s:\n{self.log_tail()}"
+        )
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process (``VmRSS`` in ``/proc/PID/status``), in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no VmRSS for {self.name} (pid {self.pid})")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (``/proc/PID/stat`` fields 14 and 15)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self, timeout: float = 15) -> Optional[int]:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Processes:
+    """Children stopped together, last started first (``with Processes(log_dir) as procs:``)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._children: List[Process] = []
+
+    def start(self, name: str, args: List[str], env: Optional[Dict[str, str]] = None) -> Process:
+        child = Process(name, args, self.log_dir, env)
+        self._children.append(child)
+        return child
+
+    def stop(self, child: Process) -> None:
+        child.stop()
+        self._children.remove(child)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for child in reversed(self._children):
+            child.stop()
+        self._children.clear()
