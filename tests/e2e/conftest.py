@@ -67,6 +67,7 @@ class Stack:
     rasa_url: str
     webhook_token: str
     processes: Dict[str, Process]
+    credentials: Path
 
     @property
     def webhook(self) -> str:
@@ -90,6 +91,9 @@ def stack(trained_model: Path, e2e_dir: Path) -> Iterator[Stack]:
         "  client_token: ${E2E_CLIENT_TOKEN}\n"
         f"  webhook_token: {webhook_token}\n"
         f"  base_url: {emulator_url}\n"
+        # Never the work tree: whatever the channel keeps goes beside the test's logs.
+        f"  failed_sends_path: {e2e_dir / 'failed-sends.jsonl'}\n"
+        f"  pending_inbox_path: {e2e_dir / 'pending-inbox.jsonl'}\n"
     )
     endpoints = e2e_dir / "endpoints.yml"
     endpoints.write_text(f"action_endpoint:\n  url: http://127.0.0.1:{actions_port}/webhook\n")
@@ -145,7 +149,7 @@ def stack(trained_model: Path, e2e_dir: Path) -> Iterator[Stack]:
         processes["emulator"].wait_http(f"{emulator_url}/_emulator/health", 30)
         processes["actions"].wait_http(f"http://127.0.0.1:{actions_port}/health", 120)
         processes["rasa"].wait_http(f"{rasa_url}/webhooks/zapi/", 240)
-        yield Stack(emulator_url, rasa_url, webhook_token, processes)
+        yield Stack(emulator_url, rasa_url, webhook_token, processes, credentials)
     finally:
         for process in reversed(list(processes.values())):
             process.stop()
