@@ -432,3 +432,57 @@ async def test_retries_stop_at_the_bound_with_the_last_error(
     assert caught.value.status_code == 503
     assert zapi["send-text"].call_count == 3
     assert len(sleeps) == 2
+
+
+class _ImportSpy:
+    """A meta-path finder that finds nothing and records what was looked for.
+
+    Successful imports are served from ``sys.modules`` without asking any finder, so only an
+    import that fails (and is therefore retried on every call) reaches it.
+    """
+
+    def __init__(self) -> None:
+        self.names: List[str] = []
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        self.names.append(name)
+
+
+async def test_a_send_over_a_real_socket_searches_for_no_module(
+    credentials: ZApiCredentials,
+) -> None:
+    # httpcore asks for sniffio on every lock it builds; without it installed each send searched
+    # sys.path several times, a quarter of the client's CPU per send (docs/benchmarks.md).
+    import sys
+
+    from sanic import response
+    from sanic.request import Request
+    from sanic.response import HTTPResponse
+
+    from tests.livesanic import new_app, serving
+
+    app = new_app("client")
+
+    async def send_text(request: Request, instance: str, token: str) -> HTTPResponse:
+        return response.json({"zaapId": "Z1", "messageId": "M1", "id": "M1"})
+
+    app.add_route(send_text, "/instances/<instance>/token/<token>/send-text", methods=["POST"])
+    spy = _ImportSpy()
+    async with serving(app) as url:
+        live = ZApiCredentials(
+            instance_id=credentials.instance_id,
+            instance_token=credentials.instance_token,
+            client_token=credentials.client_token,
+            base_url=url,
+        )
+        async with ZApiClient(live) as client:
+            # The first sends import what they need for good; only failing imports repeat.
+            for _ in range(2):
+                await client.send_text("5511999999999", "warm-up")
+            sys.meta_path.insert(0, spy)
+            try:
+                for _ in range(3):
+                    assert (await client.send_text("5511999999999", "hi")).message_id == "M1"
+            finally:
+                sys.meta_path.remove(spy)
+    assert spy.names == []
