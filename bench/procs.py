@@ -1,7 +1,8 @@
 """The processes a benchmark starts: servers on loopback ports, stopped by process group.
 
 Modelled on ``tests/processes.py`` (kept separate so that the benchmarks do not break when the
-tests' helpers change). Every child runs in its own session, so stopping it with ``killpg`` also
+tests' helpers change); the wait for a server to answer is the one ``make run`` and the tests use,
+``scripts/children.py``. Every child runs in its own session, so stopping it with ``killpg`` also
 stops whatever it started, and nothing else.
 """
 
@@ -12,11 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import httpx
+from scripts.children import wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -69,21 +69,8 @@ class Process:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def wait_http(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                if httpx.get(url, timeout=1).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"{self.name} did not answer {url} within {timeout}s:\n{self.log_tail()}"
-        )
+        """Return once ``url`` answers (see ``scripts.children.wait_http``)."""
+        wait_http(self.proc, url, timeout, name=self.name, output=self.log_tail, interval=0.2)
 
     def rss_kib(self) -> int:
         """Resident memory of the process (``VmRSS`` in ``/proc/PID/status``), in KiB."""

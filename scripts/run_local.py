@@ -28,6 +28,13 @@ from typing import Dict, List, Optional
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+# `python scripts/run_local.py` puts only scripts/ on sys.path; the checkout is needed to import
+# the shared helpers under the name the tests and the benchmarks use.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts import children  # noqa: E402 (needs the checkout on sys.path, just above)
+
 BIN = Path(sys.executable).parent
 RUN_DIR = ROOT / ".run"
 MODELS = ROOT / "models"
@@ -120,19 +127,15 @@ class Child:
 
 
 def wait_http(child: Child, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
+    try:
+        children.wait_http(child.proc, url, timeout, name=child.name)
+    except children.NotAnswering as exc:
+        # The child's output is already on screen, streamed line by line: point there instead.
+        if exc.returncode is not None:
             raise SystemExit(
-                f"{child.name} stopped (exit {child.proc.returncode}); see its log above"
-            )
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{child.name} did not answer {url} within {timeout:.0f} s")
+                f"{child.name} stopped (exit {exc.returncode}); see its log above"
+            ) from None
+        raise SystemExit(f"{child.name} did not answer {url} within {timeout:.0f} s") from None
 
 
 def write_config(emulator_url: str, actions_port: int, webhook_token: str) -> Dict[str, Path]:

@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import httpx
+from scripts.children import wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,21 +47,8 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
     def wait_http(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
-                )
-            try:
-                if httpx.get(url, timeout=1).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(
-            f"{self.name} did not answer {url} within {timeout}s:\n{self.log()[-4000:]}"
-        )
+        """Return once ``url`` answers (see ``scripts.children.wait_http``)."""
+        wait_http(self.proc, url, timeout, name=self.name, output=lambda: self.log()[-4000:])
 
     def stop(self, timeout: float = 15) -> Optional[int]:
         if self.proc.poll() is None:
