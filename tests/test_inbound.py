@@ -10,7 +10,14 @@ import pytest
 
 from tests.conftest import INSTANCE_ID, channel_block
 from zapi_channel.config import ChannelConfig
-from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
+from zapi_channel.inbound import (
+    Event,
+    Ignored,
+    InboundMessage,
+    Invalid,
+    parse_body,
+    parse_callback,
+)
 
 Load = Callable[[str], Dict[str, Any]]
 
@@ -331,3 +338,36 @@ def test_log_summaries_stay_one_bounded_line(callback: Load, config: ChannelConf
     parsed = parse_callback(payload, config)
     assert isinstance(parsed, Event)
     assert "\n" not in parsed.summary and len(parsed.summary) < 600
+
+
+@pytest.mark.parametrize(
+    "lone",
+    [
+        pytest.param(b"\\ud83d", id="escape"),
+        pytest.param(b"\\uDE00", id="upper-case escape"),
+        pytest.param(b"\xed\xa0\xbd", id="raw bytes"),
+    ],
+)
+def test_a_raw_body_with_a_lone_surrogate_is_cleaned(
+    lone: bytes, callback: Load, config: ChannelConfig
+) -> None:
+    payload = callback("received_text")
+    payload["text"]["message"] = "hi MARK"
+    parsed = parse_body(json.dumps(payload).encode().replace(b"MARK", lone), config)
+    assert isinstance(parsed, InboundMessage)
+    assert parsed.text == "hi ?"
+
+
+def test_a_raw_body_with_a_surrogate_pair_keeps_its_emoji(
+    callback: Load, config: ChannelConfig
+) -> None:
+    payload = callback("received_text")
+    payload["text"]["message"] = "hi \U0001f600"
+    parsed = parse_body(json.dumps(payload).encode(), config)
+    assert isinstance(parsed, InboundMessage)
+    assert parsed.text == "hi \U0001f600"
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"])
+def test_a_raw_body_that_is_not_json_is_invalid(body: bytes, config: ChannelConfig) -> None:
+    assert parse_body(body, config) == Invalid("the body is not JSON")

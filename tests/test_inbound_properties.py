@@ -28,7 +28,14 @@ from hypothesis import strategies as st
 from tests.conftest import FIXTURES, INSTANCE_ID, channel_block
 from zapi_channel.config import DEFAULT_MEDIA_TEXTS, ChannelConfig
 from zapi_channel.errors import ConfigError
-from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
+from zapi_channel.inbound import (
+    Event,
+    Ignored,
+    InboundMessage,
+    Invalid,
+    parse_body,
+    parse_callback,
+)
 
 OUTCOMES = (InboundMessage, Ignored, Event, Invalid)
 
@@ -168,6 +175,50 @@ def outcome_of(payload: Any, config: ChannelConfig) -> Any:
 @given(payload=json_values, config=CONFIGS)
 def test_any_json_value_has_exactly_one_outcome(payload: Any, config: ChannelConfig) -> None:
     outcome_of(payload, config)
+
+
+# The ways one JSON value can reach the webhook as bytes: lone surrogates as escapes, as the raw
+# bytes json.loads lets through ("surrogatepass"), or in a UTF-16 body, which json.loads also reads.
+ENCODINGS = {
+    "ascii escapes": lambda value: json.dumps(value).encode("ascii"),
+    "raw utf-8": lambda value: json.dumps(value, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    ),
+    "utf-16": lambda value: json.dumps(value, ensure_ascii=False).encode("utf-16", "surrogatepass"),
+}
+
+
+# Lone halves of an emoji, whole emoji, accents and ASCII: generic text rarely draws a surrogate,
+# and the fields that reach the bot (text, sender name) are the ones that must come out clean.
+surrogate_texts = st.text(
+    st.sampled_from(["a", "\u00e9", "\ud83d", "\ude00", "\U0001f600", "\\"]), min_size=1, max_size=6
+)
+
+
+@st.composite
+def callbacks_with_surrogates(draw: st.DrawFn) -> Dict[str, Any]:
+    payload: Dict[str, Any] = copy.deepcopy(CALLBACKS["received_text"])
+    payload["text"] = {"message": draw(surrogate_texts)}
+    payload["senderName"] = draw(surrogate_texts)
+    return payload
+
+
+@settings(max_examples=300, **DETERMINISTIC)
+@given(
+    payload=st.one_of(any_callbacks, callbacks_with_surrogates()),
+    config=CONFIGS,
+    encoding=st.sampled_from(sorted(ENCODINGS)),
+)
+def test_the_raw_body_parses_as_its_decoded_value_does(
+    payload: Any, config: ChannelConfig, encoding: str
+) -> None:
+    # parse_body skips the surrogate walk when the bytes rule surrogates out: that shortcut must
+    # never change an outcome, whatever the text and however it is encoded. repr, not ==, because
+    # NaN (which JSON carries) is not equal to itself.
+    # The oracle is the value the body decodes to: json.loads joins a surrogate pair that the
+    # value held as two separate code points into one emoji, as it would for Z-API's bytes.
+    body = ENCODINGS[encoding](payload)
+    assert repr(parse_body(body, config)) == repr(parse_callback(json.loads(body), config))
 
 
 @settings(max_examples=200, **DETERMINISTIC)

@@ -14,7 +14,9 @@ Unknown fields never break parsing; camelCase becomes snake_case here and nowher
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -103,10 +105,13 @@ def _str(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _flag(payload: Mapping[str, Any], key: str) -> bool:
+def _flag(payload: Dict[str, Any], key: str) -> bool:
     # Every flag here means "do not answer", so a malformed truthy value ("true", 1) fails safe:
     # answering our own echo or a group by mistake is the costly error, not the reverse.
     value = payload.get(key)
+    if value is False or value is None:
+        # What real callbacks carry (or leave out): decided without a type check.
+        return False
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
     return value is True or (isinstance(value, int) and value == 1)
@@ -175,10 +180,46 @@ def _clean_text(text: str) -> str:
 
 
 def parse_callback(payload: Any, config: ChannelConfig) -> Parsed:
-    """Decide what a webhook body means for this channel."""
+    """Decide what a decoded webhook body means for this channel."""
     if not isinstance(payload, Mapping):
         return Invalid("the body is not a JSON object")
-    payload = sanitize(dict(payload))
+    return _parse(sanitize(dict(payload)), config)
+
+
+#: json.loads reads a UTF-8 body with "surrogatepass", so a lone surrogate can come only from a
+#: JSON escape (``\ud800`` to ``\udfff``) or from the bytes UTF-8 would use for one (0xED then
+#: 0xA0-0xBF). A body with neither holds none. Both case forms of the hex digits count.
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def parse_body(body: bytes, config: ChannelConfig) -> Parsed:
+    """:func:`parse_callback` for a raw webhook body, the webhook's hot path.
+
+    Walking every string of the decoded body for lone surrogates cost more than the rest of the
+    parse, so it runs only when the bytes say a surrogate could be there.
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON and undecodable bytes; RecursionError, nesting too deep.
+        return Invalid("the body is not JSON")
+    # json.loads also reads UTF-16 and UTF-32, which the byte pattern cannot: their bodies hold NUL
+    # bytes (a JSON object starts with "{"), and a UTF-8 JSON text cannot, so they take the walk.
+    if type(payload) is dict and b"\x00" not in body and not _may_hold_surrogates(body):
+        return _parse(payload, config)
+    return parse_callback(payload, config)
+
+
+def _may_hold_surrogates(body: bytes) -> bool:
+    # Two substring searches (memchr) rule out most bodies for a fraction of the regex's cost.
+    if b"\\u" not in body and b"\xed" not in body:
+        return False
+    return _MAYBE_SURROGATE.search(body) is not None
+
+
+def _parse(payload: Dict[str, Any], config: ChannelConfig) -> Parsed:
+    # Only dicts from here on: JSON gives nothing else, and isinstance against typing.Mapping
+    # (an ABC) costs several times a check against dict on every webhook.
     kind = payload.get("type")
     if not isinstance(kind, str) or not kind:
         return Invalid("the body has no 'type': not a Z-API callback")
@@ -193,7 +234,7 @@ def parse_callback(payload: Any, config: ChannelConfig) -> Parsed:
     return handler(payload)
 
 
-def _received(payload: Mapping[str, Any], config: ChannelConfig, instance_id: str) -> Parsed:
+def _received(payload: Dict[str, Any], config: ChannelConfig, instance_id: str) -> Parsed:
     raw_phone = _str(payload.get("phone"))
     raw_id = _str(payload.get("messageId"))
     if raw_phone is None:
@@ -215,14 +256,14 @@ def _received(payload: Mapping[str, Any], config: ChannelConfig, instance_id: st
         return Ignored("a 'waiting for this message' placeholder with no content")
     if _flag(payload, "isNewsletter") or chat.endswith("@newsletter"):
         return Ignored("a channel (newsletter) post")
-    if _flag(payload, "broadcast") or chat.endswith("@broadcast") or chat.endswith("-broadcast"):
+    if _flag(payload, "broadcast") or chat.endswith(("@broadcast", "-broadcast")):
         return Ignored("a broadcast list or status message")
     if _flag(payload, "isStatusReply"):
         return Ignored("a reply to a WhatsApp status")
     if _flag(payload, "isEdit"):
         # The original message was already answered; answering the edit would answer twice.
         return Ignored("an edit of an earlier message")
-    is_group = _flag(payload, "isGroup") or chat.endswith("-group") or chat.endswith("@g.us")
+    is_group = _flag(payload, "isGroup") or chat.endswith(("-group", "@g.us"))
     if is_group and not config.allow_groups:
         return Ignored("a group message (set allow_groups: true to answer groups)")
 
@@ -246,17 +287,17 @@ def _received(payload: Mapping[str, Any], config: ChannelConfig, instance_id: st
 
 
 def _content(
-    payload: Mapping[str, Any], config: ChannelConfig
+    payload: Dict[str, Any], config: ChannelConfig
 ) -> Union[Tuple[str, str, Dict[str, Any]], Ignored]:
     text_obj = payload.get("text")
-    if isinstance(text_obj, Mapping):
+    if isinstance(text_obj, dict):
         message = _str(text_obj.get("message"))
         if message is None:
             return Ignored("a text message with no text")
         return "text", message, {}
 
     button = payload.get("buttonsResponseMessage")
-    if isinstance(button, Mapping):
+    if isinstance(button, dict):
         # The button's id is what the bot receives, so an id such as "/greet" triggers that intent.
         chosen = _str(button.get("buttonId")) or _str(button.get("message"))
         if chosen is None:
@@ -268,7 +309,7 @@ def _content(
         )
 
     listed = payload.get("listResponseMessage")
-    if isinstance(listed, Mapping):
+    if isinstance(listed, dict):
         chosen = _str(listed.get("selectedRowId")) or _str(listed.get("title"))
         if chosen is None:
             return Ignored("a list reply with neither selectedRowId nor title")
@@ -286,7 +327,7 @@ def _content(
 
     for kind, url_key in _MEDIA_URL_KEYS.items():
         media = payload.get(kind)
-        if isinstance(media, Mapping):
+        if isinstance(media, dict):
             details = {
                 "media": {
                     "kind": kind,
@@ -302,15 +343,15 @@ def _content(
             return kind, caption or config.media_texts[kind], details
 
     location = payload.get("location")
-    if isinstance(location, Mapping):
+    if isinstance(location, dict):
         return "location", config.media_texts["location"], {"location": dict(location)}
 
     contact = payload.get("contact")
-    if isinstance(contact, Mapping):
+    if isinstance(contact, dict):
         return "contact", config.media_texts["contact"], {"contact": dict(contact)}
 
     reaction = payload.get("reaction")
-    if isinstance(reaction, Mapping):
+    if isinstance(reaction, dict):
         if not config.allow_reactions:
             return Ignored("a reaction (set allow_reactions: true to receive reactions)")
         value = reaction.get("value")
@@ -324,14 +365,14 @@ def _content(
                 "reaction": {
                     "value": value,
                     "message_id": referenced.get("messageId")
-                    if isinstance(referenced, Mapping)
+                    if isinstance(referenced, dict)
                     else None,
                 }
             },
         )
 
     present = sorted(
-        key for key, value in payload.items() if isinstance(value, Mapping) and key != "reaction"
+        key for key, value in payload.items() if isinstance(value, dict) and key != "reaction"
     )
     return Ignored(
         "content this channel does not handle"
@@ -339,7 +380,7 @@ def _content(
     )
 
 
-def _delivery(payload: Mapping[str, Any]) -> Event:
+def _delivery(payload: Dict[str, Any]) -> Event:
     error = _str(payload.get("error"))
     message_id = payload.get("messageId")
     if error:
@@ -357,7 +398,7 @@ def _delivery(payload: Mapping[str, Any]) -> Event:
     return Event("DeliveryCallback", logging.DEBUG, f"Z-API sent message {_short(message_id)}")
 
 
-def _status(payload: Mapping[str, Any]) -> Event:
+def _status(payload: Dict[str, Any]) -> Event:
     ids = payload.get("ids")
     count = len(ids) if isinstance(ids, list) else 0
     return Event(
@@ -367,7 +408,7 @@ def _status(payload: Mapping[str, Any]) -> Event:
     )
 
 
-def _connected(payload: Mapping[str, Any]) -> Event:
+def _connected(payload: Dict[str, Any]) -> Event:
     return Event(
         "ConnectedCallback",
         logging.INFO,
@@ -375,7 +416,7 @@ def _connected(payload: Mapping[str, Any]) -> Event:
     )
 
 
-def _disconnected(payload: Mapping[str, Any]) -> Event:
+def _disconnected(payload: Dict[str, Any]) -> Event:
     error = _str(payload.get("error"))
     return Event(
         "DisconnectedCallback",
@@ -386,7 +427,7 @@ def _disconnected(payload: Mapping[str, Any]) -> Event:
     )
 
 
-def _presence(payload: Mapping[str, Any]) -> Event:
+def _presence(payload: Dict[str, Any]) -> Event:
     return Event(
         "PresenceChatCallback",
         logging.DEBUG,
@@ -403,4 +444,12 @@ _EVENTS = {
 }
 
 
-__all__ = ["Event", "Ignored", "InboundMessage", "Invalid", "Parsed", "parse_callback"]
+__all__ = [
+    "Event",
+    "Ignored",
+    "InboundMessage",
+    "Invalid",
+    "Parsed",
+    "parse_body",
+    "parse_callback",
+]
