@@ -486,3 +486,35 @@ async def test_a_send_over_a_real_socket_searches_for_no_module(
             finally:
                 sys.meta_path.remove(spy)
     assert spy.names == []
+
+
+@pytest.mark.parametrize(
+    "preset, expected",
+    [
+        (logging.NOTSET, logging.WARNING),
+        (logging.INFO, logging.INFO),
+        (logging.DEBUG, logging.DEBUG),
+    ],
+)
+def test_httpx_request_lines_are_quieted_unless_configured(preset: int, expected: int) -> None:
+    from zapi_channel.client import quiet_httpx_request_log
+
+    httpx_logger = logging.getLogger("httpx")
+    before = httpx_logger.level
+    try:
+        httpx_logger.setLevel(preset)
+        quiet_httpx_request_log()
+        assert httpx_logger.level == expected
+    finally:
+        httpx_logger.setLevel(before)
+
+
+async def test_each_call_is_logged_by_endpoint_name_at_debug(
+    zapi: respx.MockRouter, client: ZApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="zapi_channel.client"):
+        await client.send_text("5511999999999", "hi")
+        await client.send_text("5511999999999", "again")
+    lines = [r.getMessage() for r in caplog.records if r.name == "zapi_channel.client"]
+    assert len(lines) == 2 and all("POST send-text -> 200" in line for line in lines)
+    assert not any(secret in line for line in lines for secret in SECRETS)
