@@ -43,7 +43,9 @@ def zapi_request(stack: Stack, prefix: str) -> RequestFactory:
 
 def rest_request(stack: Stack) -> RequestFactory:
     def make(client: httpx.AsyncClient, i: int) -> httpx.Request:
-        body = bodies.rest_body(bodies.phone_for(i), TEXT)
+        phone = bodies.phone_for(i)
+        metadata = bodies.channel_metadata(phone, bodies.message_id_for(i, "REST"), TEXT)
+        body = bodies.rest_body(phone, TEXT, metadata)
         return client.build_request("POST", stack.rest_webhook, json=body)
 
     return make
@@ -362,7 +364,9 @@ Rasa's rest channel (answers in the HTTP response), with the action server; ever
 custom action, then the menu). Our channel's message is answered when the emulator has recorded
 both send-text calls (the emulator's timestamps, same clock); the rest channel's when its response
 arrives. The emulator posts no delivery or status callbacks here, so both channels get only the
-customers' messages.
+customers' messages. Each rest request carries, as its `metadata`, what our channel hands Rasa
+with the same message (the WhatsApp name and the rest of Z-API's envelope): the demo's greeting
+action reads it, so both channels make the bot do the same work.
 
 - **Throughput**: {burst_size} new customers write at once; messages/s = {burst_size} / (last
   answer - first post). {len(bursts["rest"])} rounds, rest and ours taking turns; the median is
