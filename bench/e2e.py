@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import httpx
 
@@ -203,6 +203,36 @@ class Bench:
         run.rasa_cpu_s = self.stack.rasa.cpu_seconds() - cpu
         return run
 
+    def settled_cpu(self, channel: str, count: int) -> float:
+        """``rasa run``'s CPU per message (ms) for a burst of ``count`` new customers, from just
+        before the burst until the process is idle again, whatever tells when it answered (with
+        our sends stubbed, nothing reaches the emulator)."""
+        first = self._first(count)
+        if channel == "zapi":
+            make = zapi_request(self.stack, f"S{first}x")
+        else:
+            make = rest_request(self.stack)
+        before = _idle_cpu(self.stack)
+        asyncio.run(_load(make, first=first, count=count))
+        return 1000 * (_idle_cpu(self.stack) - before) / count
+
+
+#: The rows of the split, in order: main rasa's rest and ours, the stubbed rasa's rest and ours.
+SPLIT_ROWS = ("rest", "zapi", "stubbed rest", "stubbed zapi")
+
+
+def _idle_cpu(stack: Stack, quiet_s: float = 0.5, deadline_s: float = 120) -> float:
+    """The process's CPU seconds once a ``quiet_s`` window passes with (almost) none used."""
+    last = stack.rasa.cpu_seconds()
+    ends = time.monotonic() + deadline_s
+    while time.monotonic() < ends:
+        time.sleep(quiet_s)
+        now = stack.rasa.cpu_seconds()
+        if now - last < 0.01:
+            return now
+        last = now
+    return last
+
 
 @dataclass
 class WhatIf:
@@ -219,7 +249,7 @@ def run(ctx: Context) -> List[Section]:
     overload_seconds = ctx.scale(10.0, 3.0)
     backlog_s = overload_seconds * 2 + 60
     with Processes(ctx.log_dir) as procs:
-        stacks = start_stack(procs, ctx.log_dir, what_if=True)
+        stacks = start_stack(procs, ctx.log_dir, what_ifs=("validation-cached", "sends-stubbed"))
         stack = stacks["main"]
         started = time.monotonic()
         bench = Bench(stack)
@@ -245,6 +275,19 @@ def run(ctx: Context) -> List[Section]:
                 bench.zapi(rate_=steady_rate, seconds=latency_seconds, deadline_s=60)
             )
             clear_emulator(stack.emulator_url)
+
+        # Where our overhead goes: the same bursts with our sends stubbed (no HTTP), in a third
+        # rasa run; each process's own rest channel is its baseline.
+        stubbed = Bench(stacks["sends-stubbed"], first=80_000_000)
+        stubbed.settled_cpu("rest", 10)
+        stubbed.settled_cpu("zapi", 10)
+        split: Dict[str, List[float]] = {name: [] for name in SPLIT_ROWS}
+        for _ in range(rounds):
+            split["rest"].append(bench.settled_cpu("rest", burst_size))
+            split["zapi"].append(bench.settled_cpu("zapi", burst_size))
+            clear_emulator(stack.emulator_url)
+            split["stubbed rest"].append(stubbed.settled_cpu("rest", burst_size))
+            split["stubbed zapi"].append(stubbed.settled_cpu("zapi", burst_size))
         e2e_took = time.monotonic() - started
 
         # Overload: twice what one process answers, for a while; then every message must be
@@ -271,7 +314,7 @@ def run(ctx: Context) -> List[Section]:
         clear_emulator(stack.emulator_url)
 
         # The same overload on the what-if rasa (Rasa's action-result validation cached).
-        other = Bench(stacks["what-if"], first=50_000_000)
+        other = Bench(stacks["validation-cached"], first=50_000_000)
         other.zapi(count=10, deadline_s=60)
         clear_emulator(stack.emulator_url)
         other_capacity = other.zapi(count=burst_size, deadline_s=120).throughput
@@ -293,13 +336,13 @@ def run(ctx: Context) -> List[Section]:
             what_if,
             sampled.get("p"),
         ),
-        _e2e_section(bursts, steady, capacity, steady_rate, burst_size, latency_seconds),
+        _e2e_section(bursts, steady, capacity, steady_rate, burst_size, latency_seconds, split),
     ]
     total = time.monotonic() - began
     sections[0].seconds = overload_took
     sections[1].seconds = total - overload_took
     sections[1].notes.append(
-        f"Starting the stack (emulator, action server, two `rasa run` loading the model at the "
+        f"Starting the stack (emulator, action server, three `rasa run` loading the model at the "
         f"same time) took {total - overload_took - e2e_took:.0f} s of this section's time."
     )
     return sections
@@ -320,6 +363,7 @@ def _e2e_section(
     steady_rate: float,
     burst_size: int,
     seconds: float,
+    split: Dict[str, List[float]],
 ) -> Section:
     table = Table(
         ["channel", "messages/s (burst, per round)", "messages/s (median)",
@@ -384,6 +428,7 @@ action reads it, so both channels make the bot do the same work.
             f"{ratio(capacity['zapi'] / capacity['rest'])} throughput",
         ),
     )
+    section.notes.append(_split_note(split, burst_size))
     section.targets.append(
         Target(
             what="channel overhead on throughput",
@@ -407,14 +452,7 @@ action reads it, so both channels make the bot do the same work.
                 f"{cpu_per_message['rest']:.1f} ms)"
             ),
             met=cpu_overhead < OVERHEAD_TARGET,
-            why=(
-                "Ours: per message the channel also parses the webhook and runs a worker task "
-                f"(well under a millisecond, section 2) and makes {ANSWERS_PER_MESSAGE} HTTP sends "
-                "through httpx in the bot's process, which is most of it: section 4 measures "
-                "several milliseconds of client CPU per send on this machine, and httpx/httpcore "
-                "is known to cost several times aiohttp's CPU per request (encode/httpx#3215). "
-                "Rest only serialises its answers into the response."
-            ),
+            why=_cpu_why(split),
         )
     )
     section.targets.append(
@@ -433,6 +471,59 @@ action reads it, so both channels make the bot do the same work.
         )
     )
     return section
+
+
+def _split_note(split: Dict[str, List[float]], burst_size: int) -> str:
+    """Where our overhead goes: the real rasa run against the one with our sends stubbed."""
+    table = Table(
+        ["rasa run", f"rest: CPU per message (burst of {burst_size}, per round)",
+         "ours: CPU per message (per round)", "ours minus rest (medians)"]
+    )  # fmt: skip
+    for label, rest_key, ours_key in (
+        ("the real one (two sends per message)", "rest", "zapi"),
+        ("sends stubbed (no HTTP)", "stubbed rest", "stubbed zapi"),
+    ):
+        rest_ms, ours_ms = median(split[rest_key]), median(split[ours_key])
+        table.rows.append(
+            [
+                label,
+                " / ".join(f"{v:.1f} ms" for v in split[rest_key]),
+                " / ".join(f"{v:.1f} ms" for v in split[ours_key]),
+                f"{ours_ms - rest_ms:+.2f} ms ({percent(100 * (ours_ms / rest_ms - 1))})",
+            ]
+        )
+    return (
+        "**Where the overhead goes.** `rasa run`'s CPU per message from just before a burst "
+        "until the process is idle again, in the real process and in a third `rasa run` whose "
+        "`ZApiClient.send` returns at once with no HTTP (`bench/whatif/sitecustomize.py`, "
+        "`sends-stubbed`); each process's own rest channel is its baseline, rounds interleaved.\n\n"
+        + table.markdown()
+    )
+
+
+def _split(split: Dict[str, List[float]]) -> Tuple[float, float, float]:
+    """(our overhead without the sends, with them, the sends' ms per message)."""
+    real = median(split["zapi"]) / median(split["rest"]) - 1
+    stubbed = median(split["stubbed zapi"]) / median(split["stubbed rest"]) - 1
+    sends_ms = (median(split["zapi"]) - median(split["rest"])) - (
+        median(split["stubbed zapi"]) - median(split["stubbed rest"])
+    )
+    return stubbed, real, sends_ms
+
+
+def _cpu_why(split: Dict[str, List[float]]) -> str:
+    stubbed, real, sends_ms = _split(split)
+    return (
+        f"The table below splits it. Without its HTTP sends our channel adds "
+        f"{percent(100 * stubbed)} to `rasa run`'s CPU per message (the webhook, the worker, the "
+        f"output channel, the sent markers); the {ANSWERS_PER_MESSAGE} sends add "
+        f"{sends_ms:.1f} ms per message, about {sends_ms / ANSWERS_PER_MESSAGE:.1f} ms each, "
+        f"for {percent(100 * real)} in all. Rest only serialises its answers into the response. "
+        "The sends go through httpx, which the design card fixes for every outbound call: "
+        "section 4 measures httpx's own CPU per call against aiohttp's on the same emulator "
+        "(encode/httpx#3215), and inside `rasa run`, beside the model, each send costs several "
+        "times what it costs in a process of its own."
+    )
 
 
 def _overhead_why(overhead: float, extra_cpu_ms: float) -> str:

@@ -179,13 +179,13 @@ def _why(share: float, bare_us: float, ours_us: float, prof: Optional[profile.Pr
     )
     text += (
         f" Our own code is {own:.0%} of the server's samples, about {own_us:.0f} µs per request "
-        f"(inclusive: {functions}). What is ours to fix: `inbound.sanitize` copies the whole "
-        "payload and encodes every string to find lone surrogates, which a bytes search of the "
-        "raw body for a `\\ud8`-`\\udf` escape could rule out first; `isinstance(x, "
-        "typing.Mapping)` is several times slower than against `dict` (JSON only gives dicts); "
-        "`request.args` makes sanic parse the whole query string with urllib for one token. "
-        "The rest is sanic and asyncio doing more per request than for the bare handler (the "
-        "worker task and the no-op turn, the query string). "
+        f"(inclusive: {functions}). Already cut after earlier profiles: the lone-surrogate walk "
+        "runs only when the raw bytes could hold one, the token is compared with the raw query "
+        "string before sanic parses it, and the parser checks against `dict` rather than "
+        "`typing.Mapping`. What is left of ours is the work itself: building the message and "
+        "its metadata, the dedup memory, and per message a worker task and a turn (Rasa's "
+        "`UserMessage` and an output channel, even for a no-op agent). The rest is sanic and "
+        "asyncio. "
         f"Even if our own code cost nothing, the channel would reach about {ceiling:.0%} of the "
         "bare handler"
     )
@@ -193,7 +193,8 @@ def _why(share: float, bare_us: float, ours_us: float, prof: Optional[profile.Pr
         return text + "."
     if ceiling < TARGET_SHARE:
         return text + (
-            ": trimming our code alone cannot meet the target; the remaining gap is the worker "
-            "task and turn per message, and sanic's own work per request."
+            ": trimming our code alone cannot meet the target; the gap that would remain is "
+            "sanic's and asyncio's own work per request and per task, which a bare handler that "
+            "answers without queueing anything never pays."
         )
-    return text + ": the fixes above are what stands between this run and the target."
+    return text + ": what is left of ours is what stands between this run and the target."

@@ -2,7 +2,7 @@
 
 The model is ``scripts/run_local.py``'s (trained only when its training data changed), and one
 ``rasa run`` serves both our channel and Rasa's rest channel, so both are measured against the
-same model, process and tracker store. A second, what-if ``rasa run`` may run beside it (see
+same model, process and tracker store. What-if ``rasa run`` processes may run beside it (see
 ``bench/whatif/sitecustomize.py``).
 """
 
@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 from bench.common import WEBHOOK_TOKEN, start_emulator
 from bench.procs import BIN, ROOT, Process, Processes, free_port
@@ -46,7 +46,7 @@ class Stack:
         return f"{self.rasa_url}/webhooks/rest/webhook"
 
 
-#: Where ``bench/whatif/sitecustomize.py`` lives: on ``PYTHONPATH`` for the what-if ``rasa run``.
+#: Where ``bench/whatif/sitecustomize.py`` lives: on ``PYTHONPATH`` for the what-if ``rasa run``s.
 WHATIF_DIR = Path(__file__).resolve().parent / "whatif"
 
 
@@ -68,11 +68,13 @@ def _credentials(path: Path, emulator_url: str, state_dir: Path) -> Path:
     return path
 
 
-def start_stack(procs: Processes, log_dir: Path, *, what_if: bool = False) -> Dict[str, Stack]:
-    """The emulator, the action server and ``rasa run`` (``"main"``); with ``what_if``, a second
-    ``rasa run`` (``"what-if"``) with ``bench/whatif/sitecustomize.py`` loaded, sharing the
-    emulator and the action server. Both load the model at the same time; each idles while the
-    other is measured."""
+def start_stack(
+    procs: Processes, log_dir: Path, *, what_ifs: Sequence[str] = ()
+) -> Dict[str, Stack]:
+    """The emulator, the action server and ``rasa run`` (``"main"``); for each name in
+    ``what_ifs``, another ``rasa run`` under that name with ``bench/whatif/sitecustomize.py``
+    loaded in that mode, sharing the emulator and the action server. All load the model at the
+    same time; each idles while another is measured."""
     local = run_local()
     local.train_if_needed()
     model: Path = local.MODEL
@@ -85,9 +87,10 @@ def start_stack(procs: Processes, log_dir: Path, *, what_if: bool = False) -> Di
         [str(BIN / "rasa"), "run", "actions", "--actions", "actions", "-p", str(actions_port)],
     )
     variants: Dict[str, Dict[str, str]] = {"main": {}}
-    if what_if:
-        variants["what-if"] = {
+    for name in what_ifs:
+        variants[name] = {
             "PYTHONPATH": str(WHATIF_DIR) + os.pathsep + str(ROOT),
+            "ZAPI_BENCH_WHATIF": name,
         }
     started: Dict[str, Tuple[Process, str]] = {}
     for name, env in variants.items():

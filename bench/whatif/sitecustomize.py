@@ -1,38 +1,70 @@
-"""What-if, for benchmark 1b only: Rasa's action-server answers validated with a cached validator.
+"""What-ifs for benchmarks 1b and 3, chosen by ``ZAPI_BENCH_WHATIF`` in the process's environment.
 
 Python imports ``sitecustomize`` at start-up from ``PYTHONPATH``; ``bench/stack.py`` puts this
-folder there for one extra ``rasa run`` and no other process. Rasa 3.6's
-``RemoteAction._validate_action_result`` calls ``jsonschema.validate(result, schema)``, which
-checks the schema itself against its metaschema on every call (tens of milliseconds, on the event
-loop) before validating the answer. Building the validator once and reusing it validates the
-same answers against the same schema, with the same ``ValidationError`` on a bad answer.
+folder there, with the variable set, for an extra ``rasa run`` and no other process.
+
+``validation-cached`` (1b): Rasa 3.6's ``RemoteAction._validate_action_result`` calls
+``jsonschema.validate(result, schema)``, which checks the schema itself against its metaschema on
+every call (tens of milliseconds, on the event loop) before validating the answer. Building the
+validator once and reusing it validates the same answers against the same schema, with the same
+``ValidationError`` on a bad answer.
+
+``sends-stubbed`` (3): ``ZApiClient.send`` returns at once as if Z-API had accepted the message,
+with no HTTP. Everything else in our channel runs as usual (webhook, worker, turn, answers,
+sent markers), so comparing this process with the real one splits the channel's cost into the
+sends and the rest.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Mapping
 
-try:
+MODE = os.environ.get("ZAPI_BENCH_WHATIF", "")
+
+
+def _cache_validation() -> None:
     import jsonschema
     from rasa.core.actions.action import RemoteAction
-except ImportError:  # not a Rasa process: nothing to change
-    pass
-else:
-    _original = RemoteAction._validate_action_result
-    _validators: Dict[str, Any] = {}
+
+    original = RemoteAction._validate_action_result
+    validators: Dict[str, Any] = {}
 
     def _validate_action_result(self: RemoteAction, result: Dict[str, Any]) -> bool:
-        validator = _validators.get("spec")
+        validator = validators.get("spec")
         if validator is None:
             spec = self.action_response_format_spec()
             validator = jsonschema.validators.validator_for(spec)(spec)
-            _validators["spec"] = validator
+            validators["spec"] = validator
         if validator.is_valid(result):
             return True
         # An invalid answer: Rasa's own code raises its usual error with its usual message.
-        return bool(_original(self, result))
+        return bool(original(self, result))
 
     RemoteAction._validate_action_result = _validate_action_result
-    # In the process's log, so a reader can see the what-if was really in place.
-    print("bench/whatif: Rasa's action results validated with a cached validator", file=sys.stderr)
+
+
+def _stub_sends() -> None:
+    from zapi_channel.client import SendResult, ZApiClient
+
+    async def send(self: ZApiClient, endpoint: str, body: Mapping[str, Any]) -> SendResult:
+        return SendResult(message_id="STUBBED", zaap_id="STUBBED", id="STUBBED")
+
+    ZApiClient.send = send  # type: ignore[method-assign]
+
+
+_MODES = {
+    "validation-cached": (_cache_validation, "Rasa's action results validated, validator cached"),
+    "sends-stubbed": (_stub_sends, "ZApiClient.send stubbed: no HTTP"),
+}
+
+if MODE in _MODES:
+    try:
+        change, what = _MODES[MODE]
+        change()
+    except ImportError:  # not a Rasa process: nothing to change
+        pass
+    else:
+        # In the process's log, so a reader can see the what-if was really in place.
+        print(f"bench/whatif: {what}", file=sys.stderr)
