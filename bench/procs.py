@@ -9,14 +9,13 @@ stops whatever it started, and nothing else.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from scripts.children import wait_http
+from scripts.children import stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -85,15 +84,9 @@ class Process:
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def stop(self, timeout: float = 15) -> Optional[int]:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        returncode = stop_group(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return returncode
 
 
 class Processes:

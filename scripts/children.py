@@ -1,4 +1,4 @@
-"""Waiting for the child processes of the dev tools (``make run``, the tests, the benchmarks).
+"""Waiting for and stopping the dev tools' child processes (``make run``, tests, benchmarks).
 
 ``make run``, the end-to-end tests and the benchmarks all start servers (the emulator, the action
 server, ``rasa run``) and must not talk to one before it listens. The wait lives here, once, and
@@ -10,6 +10,8 @@ pytest and ``python -m bench.run``); ``scripts/run_local.py`` puts the checkout 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from typing import Any, Callable, Optional
@@ -71,3 +73,19 @@ def wait_http(
             pass  # not listening yet
         time.sleep(interval)
     raise failure(None)
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 15) -> Optional[int]:
+    """SIGTERM the child's process group, SIGKILL it after ``timeout`` s; its exit code.
+
+    The whole group, because a child such as ``rasa run`` starts workers of its own. The child
+    must have been started with ``start_new_session=True``.
+    """
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from scripts.children import wait_http
+from scripts.children import stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,12 +50,6 @@ class Process:
         wait_http(self.proc, url, timeout, name=self.name, output=lambda: self.log()[-4000:])
 
     def stop(self, timeout: float = 15) -> Optional[int]:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        returncode = stop_group(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return returncode

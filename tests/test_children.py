@@ -5,13 +5,16 @@ Its failure paths otherwise run only when a server breaks, which is when their m
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from typing import Iterator, List
 
 import pytest
 
-from scripts.children import NotAnswering, wait_http
+from scripts.children import NotAnswering, stop_group, wait_http
 from tests.livesanic import free_port
 
 
@@ -57,3 +60,35 @@ def test_a_child_that_never_answers_fails_at_the_deadline(
         wait_http(child, url, 0.5, name="sleeps", interval=0.1)
     assert failure.value.returncode is None
     assert str(failure.value) == f"sleeps did not answer {url} within 0.5s:\n"
+
+
+def test_stop_group_ends_a_child_and_its_children_even_if_it_ignores_sigterm() -> None:
+    # The child ignores SIGTERM (so only the SIGKILL after the timeout ends it) and starts a
+    # grandchild of its own, which must not outlive it: the whole group is signalled.
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "grandchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(grandchild.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None
+    grandchild = int(proc.stdout.readline())
+    assert stop_group(proc, timeout=0.5) == -signal.SIGKILL
+    for _ in range(50):
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the grandchild outlived its process group's stop")
+
+
+def test_stop_group_of_a_child_that_already_exited_returns_its_code() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
+    proc.wait()
+    assert stop_group(proc) == 3
