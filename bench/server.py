@@ -150,8 +150,7 @@ def build_channel(args: argparse.Namespace) -> Optional[InputChannel]:
                     "base_url": args.emulator_url or "http://127.0.0.1:9",
                     # Both files are written only when something goes wrong (a send Z-API did not
                     # take, turns still queued at shutdown): never into the work tree.
-                    "failed_sends_path": args.state_dir + "/failed-sends.jsonl",
-                    "pending_inbox_path": args.state_dir + "/pending-inbox.jsonl",
+                    "state_path": args.state_dir + "/zapi-channel.db",
                 }
             )
         )

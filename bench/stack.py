@@ -61,8 +61,7 @@ def _credentials(path: Path, emulator_url: str, state_dir: Path) -> Path:
         f"  webhook_token: {WEBHOOK_TOKEN}\n"
         f"  base_url: {emulator_url}\n"
         # Written only if something goes wrong; never into the work tree.
-        f"  failed_sends_path: {state_dir / 'failed-sends.jsonl'}\n"
-        f"  pending_inbox_path: {state_dir / 'pending-inbox.jsonl'}\n"
+        f"  state_path: {state_dir / 'zapi-channel.db'}\n"
         "rest:\n"
     )
     return path

@@ -149,8 +149,7 @@ def write_config(emulator_url: str, actions_port: int, webhook_token: str) -> Di
         f"  client_token: {CLIENT_TOKEN}\n"
         f"  webhook_token: {webhook_token}\n"
         f"  base_url: {emulator_url}\n"
-        f"  failed_sends_path: {RUN_DIR / 'failed-sends.jsonl'}\n"
-        f"  pending_inbox_path: {RUN_DIR / 'pending-inbox.jsonl'}\n"
+        f"  state_path: {RUN_DIR / 'zapi-channel.db'}\n"
     )
     os.chmod(credentials, 0o600)
     endpoints = RUN_DIR / "endpoints.yml"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
-import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
@@ -48,15 +50,23 @@ def redis_url() -> str:
     return url
 
 
+#: Every state file a test made, in one folder removed when the run ends.
+STATE_DIR = Path(tempfile.mkdtemp(prefix="zapi-tests-"))
+atexit.register(shutil.rmtree, STATE_DIR, ignore_errors=True)
+
+
+def fresh_state_path() -> str:
+    """A state file of its own: never the work tree's, never another channel's."""
+    return str(STATE_DIR / f"{uuid.uuid4().hex}.db")
+
+
 def channel_block(**overrides: Any) -> Dict[str, Any]:
     block: Dict[str, Any] = {
         "instance_id": INSTANCE_ID,
         "instance_token": INSTANCE_TOKEN,
         "client_token": CLIENT_TOKEN,
         "webhook_token": WEBHOOK_TOKEN,
-        # Never the project's own journal: a failure in a test must not land in the work tree.
-        "failed_sends_path": str(Path(tempfile.gettempdir()) / f"zapi-tests-{os.getpid()}.jsonl"),
-        "pending_inbox_path": str(Path(tempfile.gettempdir()) / f"zapi-inbox-{os.getpid()}.jsonl"),
+        "state_path": fresh_state_path(),
     }
     block.update(overrides)
     return block

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import uuid
+from contextlib import closing
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 import httpx
@@ -53,7 +56,7 @@ class Harness:
         )
 
     async def settle(self) -> None:
-        assert await self.channel.workers.join(5)
+        assert await self.channel.delivery.workers.join(5)
 
 
 def harness_factory(agent: Optional[RecordingAgent] = None, **overrides: Any) -> Callable[[], Any]:
@@ -345,7 +348,7 @@ async def test_a_reply_that_matches_no_choice_goes_through_as_typed(
     harness: Harness, callback: Load
 ) -> None:
     payload = callback("received_text")
-    await harness.channel.state.remember_choices(payload["phone"], [])
+    await harness.channel.delivery.remember_choices(payload["phone"], [])
     await harness.post(with_id(payload, "R1", "something else"))
     await harness.settle()
     assert harness.agent.messages[0].text == "something else"
@@ -366,39 +369,53 @@ def test_from_credentials_builds_the_config() -> None:
     assert WEBHOOK_TOKEN not in repr(channel)
 
 
+def inbox_rows(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        count: int = db.execute("SELECT count(*) FROM inbox").fetchone()[0]
+        return count
+
+
 async def test_unanswered_messages_survive_a_stop_and_are_answered_on_the_next_start(
-    make_harness: Callable[..., Any], callback: Load, tmp_path: Any
+    make_harness: Callable[..., Any], callback: Load, tmp_path: Path
 ) -> None:
-    inbox = str(tmp_path / "pending.jsonl")
-    first = await make_harness(pending_inbox_path=inbox)
+    state = str(tmp_path / "state.db")
+    first = await make_harness(state_path=state)
     first.agent.gate = asyncio.Event()  # the bot is stuck: nothing finishes
     base = callback("received_text")
     for i in range(3):
         await first.post(with_id(base, f"K{i}", f"m{i}"))
-    await first.channel.close(grace_seconds=0.05)
+    stopping = asyncio.ensure_future(first.channel.close(grace_seconds=0.3))
+    await asyncio.sleep(0.05)
     # While stopping, a new webhook is still acknowledged and kept, not lost.
     late = await first.post(with_id(base, "K3", "m3"))
     assert late.json() == {"status": "accepted"}
+    await stopping
+    # Once stopped, nothing is acknowledged: Z-API must send it again.
+    closed = await first.post(with_id(base, "K4", "m4"))
+    assert closed.status_code == 503
     assert first.agent.messages == []
+    assert inbox_rows(tmp_path / "state.db") == 4
 
-    second = await make_harness(pending_inbox_path=inbox)
+    second = await make_harness(state_path=state)
     await asyncio.sleep(0.05)  # the server-start listener queues the kept messages
     await second.settle()
     assert [m.text for m in second.agent.messages] == ["m0", "m1", "m2", "m3"]
-    assert not (tmp_path / "pending.jsonl").exists()
-    # Z-API redelivering one of them now is recognised as a duplicate.
+    assert inbox_rows(tmp_path / "state.db") == 0
+    # Z-API redelivering one of them now is recognised as a duplicate; the refused one is new.
     again = await second.post(with_id(base, "K1", "m1"))
     assert again.json() == {"status": "duplicate"}
+    retried = await second.post(with_id(base, "K4", "m4"))
+    assert retried.json() == {"status": "accepted"}
 
 
 async def test_a_clean_stop_keeps_nothing(
-    make_harness: Callable[..., Any], callback: Load, tmp_path: Any
+    make_harness: Callable[..., Any], callback: Load, tmp_path: Path
 ) -> None:
-    harness = await make_harness(pending_inbox_path=str(tmp_path / "pending.jsonl"))
+    harness = await make_harness(state_path=str(tmp_path / "state.db"))
     await harness.post(callback("received_text"))
     await harness.channel.close(grace_seconds=5)
     assert len(harness.agent.messages) == 1
-    assert not (tmp_path / "pending.jsonl").exists()
+    assert inbox_rows(tmp_path / "state.db") == 0
 
 
 async def test_with_redis_two_instances_answer_each_message_once_in_order(
@@ -435,10 +452,10 @@ async def test_with_redis_two_instances_answer_each_message_once_in_order(
     assert sorted(texts, key=len) == [[], expected]
     for harness in (a, b):
         keys = [
-            k async for k in harness.channel.state.redis.scan_iter(f"{shared['redis_prefix']}:*")
+            k async for k in harness.channel.delivery.redis.scan_iter(f"{shared['redis_prefix']}:*")
         ]
         if keys:
-            await harness.channel.state.redis.delete(*keys)
+            await harness.channel.delivery.redis.delete(*keys)
 
 
 class TwoAnswerAgent(RecordingAgent):
@@ -453,9 +470,9 @@ class TwoAnswerAgent(RecordingAgent):
 
 
 async def test_a_turn_cut_short_by_a_stop_does_not_repeat_its_sent_answers(
-    make_harness: Callable[..., Any], callback: Load, tmp_path: Any
+    make_harness: Callable[..., Any], callback: Load, tmp_path: Path
 ) -> None:
-    inbox = str(tmp_path / "pending.jsonl")
+    inbox = str(tmp_path / "state.db")
     with respx.mock(assert_all_called=False) as router:
         router.route(host="127.0.0.1").pass_through()
         send_text = router.post(path__regex=r"/send-text$", name="send-text").mock(
@@ -463,13 +480,13 @@ async def test_a_turn_cut_short_by_a_stop_does_not_repeat_its_sent_answers(
         )
         held = TwoAnswerAgent()
         held.gate = asyncio.Event()
-        first = await make_harness(held, pending_inbox_path=inbox)
+        first = await make_harness(held, state_path=inbox)
         await first.post(callback("received_text"))
         while send_text.call_count < 1:
             await asyncio.sleep(0.01)
         await first.channel.close(grace_seconds=0.05)  # cut between the two answers
 
-        second = await make_harness(TwoAnswerAgent(), pending_inbox_path=inbox)
+        second = await make_harness(TwoAnswerAgent(), state_path=inbox)
         await asyncio.sleep(0.05)
         deadline = asyncio.get_running_loop().time() + 5
         while not second.agent.messages:

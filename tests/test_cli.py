@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import pytest
@@ -268,15 +272,32 @@ def test_python_dash_m_is_the_same_command(project: Project) -> None:
 
 
 def write_journal(project: Project) -> Path:
-    from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
+    """Three failed sends in the state file a bot running in the project's folder would use."""
+    from zapi_channel.delivery import FAILED, UNKNOWN
+    from zapi_channel.delivery.embedded import EmbeddedJournal
 
-    journal = JsonlJournal(project.root / "failed-sends.jsonl")
-    journal.record("send-text", {"phone": "5511970000001", "message": "first"}, "HTTP 503", FAILED)
-    journal.record(
-        "send-text", {"phone": "5511970000001", "message": "maybe sent"}, "timeout", UNKNOWN
-    )
-    journal.record("send-text", {"phone": "5511970000001", "message": "second"}, "HTTP 503", FAILED)
-    return journal.path
+    path = project.root / "zapi-channel.db"
+
+    async def write() -> None:
+        journal = EmbeddedJournal.open(path)
+        phone = "5511970000001"
+        await journal.record("send-text", {"phone": phone, "message": "first"}, "HTTP 503", FAILED)
+        await journal.record(
+            "send-text", {"phone": phone, "message": "maybe sent"}, "timeout", UNKNOWN
+        )
+        await journal.record("send-text", {"phone": phone, "message": "second"}, "HTTP 503", FAILED)
+        await journal.aclose()
+
+    asyncio.run(write())
+    return path
+
+
+def journal_messages(path: Path) -> List[Tuple[str, str]]:
+    """(id, message) of each entry left in the state file's journal."""
+    with closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT entry FROM failed_sends ORDER BY seq").fetchall()
+    entries = [json.loads(row[0]) for row in rows]
+    return [(entry["id"], entry["body"]["message"]) for entry in entries]
 
 
 def bot_texts(project: Project, phone: str) -> list:  # type: ignore[type-arg]
@@ -304,14 +325,13 @@ def test_failed_retry_resends_failed_entries_in_order_and_keeps_unknown_ones(
     code, output = project.run("failed", "retry")
     assert code == 0, output
     assert bot_texts(project, "5511970000001") == ["first", "second"]
-    remaining = [line for line in path.read_text().splitlines() if line]
-    assert len(remaining) == 1 and "maybe sent" in remaining[0]
+    [(entry_id, text)] = journal_messages(path)
+    assert text == "maybe sent"
     # An unknown outcome is resent only when named.
-    entry_id = remaining[0].split('"id": "')[1].split('"')[0]
     code, output = project.run("failed", "retry", entry_id)
     assert code == 0, output
     assert bot_texts(project, "5511970000001") == ["first", "second", "maybe sent"]
-    assert path.read_text().strip() == ""
+    assert journal_messages(path) == []
 
 
 def test_failed_retry_keeps_what_still_fails(project: Project) -> None:
@@ -328,4 +348,12 @@ def test_failed_retry_keeps_what_still_fails(project: Project) -> None:
         httpx.delete(f"{project.emulator}/_emulator/faults", timeout=5)
     assert code == 1
     assert "still failing" in output
-    assert len([line for line in path.read_text().splitlines() if line]) == 3
+    assert len(journal_messages(path)) == 3
+
+
+def test_failed_list_before_the_bot_ever_ran_creates_nothing(project: Project) -> None:
+    project.connect()
+    code, output = project.run("failed", "list")
+    assert code == 0, output
+    assert "No failed sends" in output and "has not run" in output
+    assert not (project.root / "zapi-channel.db").exists()

@@ -107,3 +107,41 @@ def test_numeric_instance_id_from_yaml_becomes_a_string() -> None:
 def test_a_blank_media_text_is_refused(blank: object) -> None:
     with pytest.raises(ConfigError, match="must not be empty"):
         ChannelConfig.from_mapping(channel_block(media_texts={"audio": blank}))
+
+
+def test_an_unknown_key_is_refused_naming_the_closest_known_one() -> None:
+    with pytest.raises(ConfigError) as refused:
+        ChannelConfig.from_mapping(channel_block(redis_ur="redis://127.0.0.1:6379/0"))
+    assert "'redis_ur' (did you mean 'redis_url'?)" in str(refused.value)
+
+
+def test_a_key_nothing_resembles_is_named_with_every_known_key() -> None:
+    with pytest.raises(ConfigError) as refused:
+        ChannelConfig.from_mapping(channel_block(colour="blue"))
+    message = str(refused.value)
+    assert "'colour'" in message and "did you mean" not in message
+    assert "state_path" in message and "handoff" not in message
+
+
+@pytest.mark.parametrize("old", ["pending_inbox_path", "failed_sends_path"])
+def test_a_removed_key_says_what_replaced_it(old: str) -> None:
+    with pytest.raises(ConfigError, match="state_path"):
+        ChannelConfig.from_mapping(channel_block(**{old: "x.jsonl"}))
+
+
+def test_the_state_file_and_dedup_window_have_defaults_and_bounds() -> None:
+    block = channel_block()
+    del block["state_path"]
+    config = ChannelConfig.from_mapping(block)
+    assert (config.state_path, config.dedup_ttl_seconds) == ("zapi-channel.db", 86400.0)
+    assert (
+        ChannelConfig.from_mapping(channel_block(dedup_ttl_seconds="3600")).dedup_ttl_seconds
+        == 3600
+    )
+    with pytest.raises(ConfigError, match="at least 60"):
+        ChannelConfig.from_mapping(channel_block(dedup_ttl_seconds=5))
+
+
+def test_an_empty_placeholder_means_the_default() -> None:
+    config = ChannelConfig.from_mapping(channel_block(max_concurrency="", redis_url=" "))
+    assert (config.max_concurrency, config.redis_url) == (8, None)

@@ -15,9 +15,9 @@ from tests.conftest import SECRETS, channel_block
 from zapi_channel.channel import ZApiOutput
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import ChannelConfig
-from zapi_channel.journal import FAILED, UNKNOWN, JsonlJournal
+from zapi_channel.delivery import FAILED, UNKNOWN
+from zapi_channel.delivery.embedded import EmbeddedDelivery
 from zapi_channel.outbound import Choice
-from zapi_channel.state import MemoryState
 
 PHONE = "5544999999999"
 MENU = [
@@ -36,14 +36,18 @@ async def no_sleep(seconds: float) -> None:
 
 
 @pytest.fixture
-def make_output(tmp_path: Path) -> Any:
+async def make_output(tmp_path: Path) -> AsyncIterator[Any]:
+    made: List[EmbeddedDelivery] = []
+
     def make(**overrides: Any) -> ZApiOutput:
         config = ChannelConfig.from_mapping(channel_block(**overrides))
         client = ZApiClient(config.credentials, sleep=no_sleep)
-        journal = JsonlJournal(tmp_path / "failed-sends.jsonl")
-        return ZApiOutput(client, config, MemoryState(), journal)
+        made.append(EmbeddedDelivery(tmp_path / f"state-{len(made)}.db"))
+        return ZApiOutput(client, config, made[-1])
 
-    return make
+    yield make
+    for delivery in made:
+        await delivery.aclose()
 
 
 @pytest.fixture
@@ -136,7 +140,7 @@ async def test_buttons_in_text_mode_are_a_numbered_list_and_remembered(
             "message": "What would you like?\n\n*1.* A picture\n*2.* A document\n*3.* Talk to us",
         }
     ]
-    assert await output.state.take_choices(PHONE) == [
+    assert await output.delivery.take_choices(PHONE) == [
         Choice(b["title"], b["payload"]) for b in MENU
     ]
 
@@ -171,12 +175,15 @@ async def test_failed_buttons_fall_back_to_numbered_text(
 
 
 async def test_a_failing_send_never_raises_and_is_journaled(
-    zapi: respx.MockRouter, output: ZApiOutput, caplog: pytest.LogCaptureFixture
+    zapi: respx.MockRouter,
+    output: ZApiOutput,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     zapi["send-text"].mock(return_value=httpx.Response(500, json={"error": "boom"}))
     with caplog.at_level(logging.ERROR):
         await output.send_text_message(PHONE, "hi")
-    [entry] = output.journal.entries()
+    [entry] = await output.delivery.entries()
     assert (entry.endpoint, entry.body, entry.outcome) == (
         "send-text",
         {"phone": PHONE, "message": "hi"},
@@ -184,7 +191,11 @@ async def test_a_failing_send_never_raises_and_is_journaled(
     )
     assert "boom" in entry.error
     assert entry.id in caplog.text and "zapi-channel failed retry" in caplog.text
-    journal_text = output.journal.path.read_text()
+    # The state file and its write-ahead log, where the latest commits are.
+    journal_text = b"".join(p.read_bytes() for p in tmp_path.glob("state-0.db*")).decode(
+        "utf-8", "replace"
+    )
+    assert "boom" in journal_text
     for secret in SECRETS:
         assert secret not in caplog.text
         assert secret not in journal_text
@@ -198,7 +209,7 @@ async def test_a_transient_failure_is_retried_and_not_journaled(
     )
     await output.send_text_message(PHONE, "hi")
     assert zapi["send-text"].call_count == 2
-    assert output.journal.entries() == []
+    assert await output.delivery.entries() == []
 
 
 async def test_an_answer_whose_outcome_is_unknown_is_journaled_as_unknown_not_resent(
@@ -207,7 +218,7 @@ async def test_an_answer_whose_outcome_is_unknown_is_journaled_as_unknown_not_re
     zapi["send-text"].mock(side_effect=httpx.ReadTimeout("no answer"))
     await output.send_text_message(PHONE, "hi")
     assert zapi["send-text"].call_count == 1
-    assert [e.outcome for e in output.journal.entries()] == [UNKNOWN]
+    assert [e.outcome for e in await output.delivery.entries()] == [UNKNOWN]
 
 
 async def test_when_a_part_fails_the_later_parts_of_the_same_text_are_journaled_not_sent(
@@ -222,7 +233,7 @@ async def test_when_a_part_fails_the_later_parts_of_the_same_text_are_journaled_
     )
     await output.send_text_message(PHONE, "\n\n".join(["a" * 90, "b" * 90, "c" * 10]))
     assert zapi["send-text"].call_count == 2
-    failed, skipped = output.journal.entries()
+    failed, skipped = await output.delivery.entries()
     assert failed.body["message"] == "b" * 90
     assert skipped.body["message"] == "c" * 10
     assert "earlier part" in skipped.error

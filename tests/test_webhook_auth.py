@@ -82,23 +82,18 @@ class Webhook:
         return [m.message_id for m in self.agent.messages if m.message_id == self.message_id]
 
     async def assert_nothing_processed(self) -> None:
-        assert await self.channel.workers.join(5)
+        assert await self.channel.delivery.workers.join(5)
         assert self.received() == []
         answer = await self.post_query(f"token={TOKEN}".encode())
         assert answer.json() == {"status": "accepted"}, "the refused request was remembered"
-        assert await self.channel.workers.join(5)
+        assert await self.channel.delivery.workers.join(5)
         assert self.received() == [self.message_id]
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Webhook]:
     folder = tmp_path_factory.mktemp("auth")
-    config = ChannelConfig.from_mapping(
-        channel_block(
-            pending_inbox_path=str(folder / "pending-inbox.jsonl"),
-            failed_sends_path=str(folder / "failed-sends.jsonl"),
-        )
-    )
+    config = ChannelConfig.from_mapping(channel_block(state_path=str(folder / "state.db")))
     channel = ZApiInput(config)
     agent = RecordingAgent()
     app = new_app("auth")
@@ -198,7 +193,7 @@ async def test_exactly_our_token_however_percent_encoded_is_accepted(
 ) -> None:
     answer = await webhook.post_query(query)
     assert answer.json() == {"status": "accepted"}
-    assert await webhook.channel.workers.join(5)
+    assert await webhook.channel.delivery.workers.join(5)
     assert webhook.received() == [webhook.message_id]
 
 

@@ -124,7 +124,7 @@ class Served:
         return answer
 
     async def check_received_exactly_what_was_expected(self) -> None:
-        assert await self.channel.workers.join(10)
+        assert await self.channel.delivery.workers.join(10)
         got = collections.Counter(
             (m.message_id, m.sender_id, m.text) for m in getattr(self.agent, "messages", [])
         )
@@ -137,17 +137,12 @@ class Served:
 
 @pytest.fixture
 def channel_config(tmp_path: Path) -> ChannelConfig:
-    """``CONFIG``, with the pending inbox and the failed-sends journal in the test's own folder.
+    """``CONFIG``, with the state file in the test's own folder.
 
     The channel reads its inbox when the server starts: one shared with other tests could hand
     this test messages it never sent.
     """
-    return ChannelConfig.from_mapping(
-        channel_block(
-            pending_inbox_path=str(tmp_path / "pending-inbox.jsonl"),
-            failed_sends_path=str(tmp_path / "failed-sends.jsonl"),
-        )
-    )
+    return ChannelConfig.from_mapping(channel_block(state_path=str(tmp_path / "state.db")))
 
 
 @asynccontextmanager
@@ -549,9 +544,9 @@ def traced_and_peak() -> Tuple[int, int]:
 async def test_memory_stays_flat_under_distinct_and_duplicate_messages(
     channel_config: ChannelConfig,
 ) -> None:
-    # By design the channel remembers every distinct message for deduplication (up to 100,000
-    # keys of ~55 characters: a few hundred bytes each, the bound itself is memory.py's tests'
-    # business); a duplicate must add nothing. Anything else kept per request would be a leak.
+    # Deduplication keys live in the state file, not in memory; a few hundred bytes a distinct
+    # message leave room for the allocator's noise. A duplicate must add nothing. Anything else
+    # kept per request would be a leak.
     agent = CountingAgent()
     channel = ZApiInput(channel_config)
     base = CALLBACKS["received_text"]
@@ -563,7 +558,7 @@ async def test_memory_stays_flat_under_distinct_and_duplicate_messages(
     async def post_all(client: KeepAliveClient, bodies: List[bytes], status: bytes) -> None:
         for one in bodies:
             assert await client.post(one) == b'{"status":"%s"}' % status
-        assert await channel.workers.join(10)
+        assert await channel.delivery.workers.join(10)
 
     async with served(channel, agent) as s:
         host, port = s.base.rsplit("/", 1)[1].split(":")
@@ -620,14 +615,28 @@ async def test_a_message_arriving_while_stopping_is_acknowledged_and_kept(
     channel_config: ChannelConfig, body: bytes
 ) -> None:
     channel = ZApiInput(channel_config)
-    async with served(channel) as s:
-        await channel.close(grace_seconds=0)
+    stuck = RecordingAgent()
+    stuck.gate = asyncio.Event()  # a turn is still running, so the stop waits its grace period
+    first = {**CALLBACKS["received_text"], "messageId": "FIRST", "phone": "5511777777777"}
+    async with served(channel, stuck) as s:
+        await s.post_checked(dumps(first))
+        stopping = asyncio.ensure_future(channel.close(grace_seconds=0.3))
+        await asyncio.sleep(0.05)
         answer = await s.send("POST", PATH, params={"token": WEBHOOK_TOKEN}, content=body)
         assert answer.json() == {"status": "accepted"}
+        await stopping
+        stuck.gate.set()
+        # Stopped: nothing more is acknowledged, so Z-API keeps what it could not deliver.
+        # (503 is the one 5xx the webhook means: the fuzzing helper refuses every 5xx.)
+        refused = await s.http.post(PATH, params={"token": WEBHOOK_TOKEN}, content=body)
+        assert refused.status_code == 503
     async with served(ZApiInput(channel_config)) as again:
         await asyncio.sleep(0.05)  # the server-start listener queues what was kept
-        await again.channel.workers.join(5)
-        assert [m.message_id for m in again.agent.messages] == [json.loads(body)["messageId"]]
+        await again.channel.delivery.workers.join(5)
+        assert [m.message_id for m in again.agent.messages] == [
+            "FIRST",
+            json.loads(body)["messageId"],
+        ]
 
 
 async def test_every_unanswered_message_is_kept_at_shutdown_whatever_its_text(
@@ -647,5 +656,5 @@ async def test_every_unanswered_message_is_kept_at_shutdown_whatever_its_text(
             agent.gate.set()
     async with served(ZApiInput(channel_config)) as again:
         await asyncio.sleep(0.05)
-        await again.channel.workers.join(5)
+        await again.channel.delivery.workers.join(5)
         assert sorted(m.message_id for m in again.agent.messages) == ["ODD", "PLAIN"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 from typing import List, Tuple
 
-from zapi_channel.workers import ConversationWorkers
+from zapi_channel.delivery.workers import ConversationWorkers
 
 
 async def test_one_senders_jobs_run_in_arrival_order_even_when_early_ones_are_slow() -> None:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Set
 
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
@@ -30,17 +28,9 @@ from sanic.response import HTTPResponse
 
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import ChannelConfig
-from zapi_channel.errors import TransportError, ZApiError
-from zapi_channel.inbound import (
-    Event,
-    Ignored,
-    InboundMessage,
-    Invalid,
-    parse_body,
-    parse_callback,
-)
-from zapi_channel.inbox import PendingInbox
-from zapi_channel.journal import FAILED, UNKNOWN, Journal, JsonlJournal, RedisJournal
+from zapi_channel.delivery import FAILED, UNKNOWN, Delivery, open_delivery
+from zapi_channel.errors import StateUnavailable, TransportError, ZApiError
+from zapi_channel.inbound import InboundMessage
 from zapi_channel.outbound import (
     InvalidCustomPayload,
     buttons_request,
@@ -53,9 +43,14 @@ from zapi_channel.outbound import (
     text_bodies,
 )
 from zapi_channel.retry import RetryPolicy
-from zapi_channel.state import ChannelState, MemoryState, RedisState
-from zapi_channel.stream_inbox import StreamInbox
-from zapi_channel.workers import ConversationWorkers
+from zapi_channel.webhook import (
+    NOT_KEPT,
+    Accept,
+    after_accept,
+    authenticate,
+    decide,
+    expected_query,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,19 +73,17 @@ class ZApiOutput(OutputChannel):
         self,
         client: ZApiClient,
         config: ChannelConfig,
-        state: ChannelState,
-        journal: Journal,
+        delivery: Delivery,
         *,
-        reply_key: Optional[str] = None,
+        message_key: Optional[str] = None,
         in_flight: Optional[Set[asyncio.Task[bool]]] = None,
     ) -> None:
         self.client = client
         self.config = config
-        self.state = state
-        self.journal = journal
-        # Names this turn's answers ("<instance>:<messageId>:<n>") so that a turn run again after
-        # a crash skips the answers that already went out.
-        self._reply_key = reply_key
+        self.delivery = delivery
+        # The message this turn answers ("<instance>:<messageId>"): its answers are numbered, so
+        # that a turn run again after a crash skips the ones that already went out.
+        self._message_key = message_key
         self._answers = 0
         self._in_flight = in_flight
 
@@ -100,25 +93,23 @@ class ZApiOutput(OutputChannel):
     async def _deliver(self, recipient_id: str, endpoint: str, body: Dict[str, Any]) -> bool:
         request = {"phone": recipient_id, **body}
         self._answers += 1
-        marker = f"{self._reply_key}:{self._answers}" if self._reply_key else None
-        if marker is not None and await self.state.already_sent(marker):
+        key = self._message_key
+        if key is not None and await self.delivery.already_sent(key, self._answers):
             logger.info(
-                "Answer %d to %s was sent before a restart; not repeating it",
-                self._answers,
-                self._reply_key,
+                "Answer %d to %s was sent before a restart; not repeating it", self._answers, key
             )
             return True
         # A stop may cancel the turn while this request is on the wire. The send and its marker
         # run as their own task, shielded from that cancellation, so that whether the answer went
         # out is known when the stop counts what each cut-short turn already sent.
-        task = asyncio.ensure_future(self._send(recipient_id, endpoint, request, marker))
+        task = asyncio.ensure_future(self._send(recipient_id, endpoint, request, self._answers))
         if self._in_flight is not None:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         return await asyncio.shield(task)
 
     async def _send(
-        self, recipient_id: str, endpoint: str, request: Dict[str, Any], marker: Optional[str]
+        self, recipient_id: str, endpoint: str, request: Dict[str, Any], answer: int
     ) -> bool:
         try:
             await self.client.send(endpoint, request)
@@ -129,25 +120,47 @@ class ZApiOutput(OutputChannel):
             # Retries (zapi_channel.retry) are exhausted, or repeating could deliver twice.
             sent = isinstance(exc, TransportError) and exc.request_sent
             outcome = UNKNOWN if sent else FAILED
-            loop = asyncio.get_running_loop()
-            entry = await loop.run_in_executor(
-                None, self.journal.record, endpoint, request, str(exc), outcome
-            )
+            await self._journal(endpoint, request, str(exc), outcome)
+            return False
+        if self._message_key is not None:
+            try:
+                await self.delivery.mark_sent(self._message_key, answer)
+            except StateUnavailable as exc:
+                # Sent all the same; only a re-run after a crash could repeat it.
+                logger.warning("Could not note answer %d as sent: %s", answer, exc)
+        return True
+
+    async def _journal(
+        self, endpoint: str, request: Dict[str, Any], error: str, outcome: str
+    ) -> None:
+        """Keep an answer Z-API did not take, and say where, so that a person can resend it."""
+        phone = request.get("phone")
+        try:
+            entry = await self.delivery.record(endpoint, request, error, outcome)
+        except StateUnavailable as exc:
+            # Nowhere to keep it: the log line is all that is left, so it carries the answer.
             logger.error(
-                "Z-API did not take an answer for %s (%s, outcome %s): %s. Kept as %s in %s; "
-                "resend with `zapi-channel failed retry %s`.",
-                recipient_id,
+                "Z-API did not take an answer for %s (%s, outcome %s): %s. It could not be "
+                "kept either (%s); the answer was: %r",
+                phone,
                 endpoint,
                 outcome,
+                error,
                 exc,
-                entry.id,
-                self.journal.where,
-                entry.id,
+                request,
             )
-            return False
-        if marker is not None:
-            await self.state.mark_sent(marker)
-        return True
+            return
+        logger.error(
+            "Z-API did not take an answer for %s (%s, outcome %s): %s. Kept as %s in %s; "
+            "resend with `zapi-channel failed retry %s`.",
+            phone,
+            endpoint,
+            outcome,
+            error,
+            entry.id,
+            self.delivery.where,
+            entry.id,
+        )
 
     async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
         parts = text_bodies(text, self.config.max_text_length, self.config.delay_typing)
@@ -155,11 +168,8 @@ class ZApiOutput(OutputChannel):
             if not await self._deliver(recipient_id, endpoint, body):
                 # The later parts would read as nonsense without this one: they are kept in the
                 # journal, in order, to be resent together with it.
-                loop = asyncio.get_running_loop()
                 for later_endpoint, later_body in parts[index + 1 :]:
-                    await loop.run_in_executor(
-                        None,
-                        self.journal.record,
+                    await self._journal(
                         later_endpoint,
                         {"phone": recipient_id, **later_body},
                         f"not sent: an earlier part of the same answer failed ({endpoint})",
@@ -200,7 +210,7 @@ class ZApiOutput(OutputChannel):
             await self.send_text_message(recipient_id, text or "")
             return
         # Remember the choices before sending: the customer may answer "2" right away.
-        await self.state.remember_choices(recipient_id, choices)
+        await self.delivery.remember_choices(recipient_id, choices)
         interactive = buttons_request(text or "", choices, self.config.buttons_as)
         if interactive is not None:
             endpoint, body = interactive
@@ -257,36 +267,20 @@ class ZApiInput(InputChannel):
         config: ChannelConfig,
         *,
         http_client: Optional[Any] = None,
-        state: Optional[ChannelState] = None,
+        delivery: Optional[Delivery] = None,
     ) -> None:
         self.config = config
         self._http_client = http_client
         self._client: Optional[ZApiClient] = None
-        self.stream: Optional[StreamInbox] = None
-        if state is None and config.redis_url:
-            shared = RedisState(config.redis_url, prefix=config.redis_prefix)
-            self.stream = StreamInbox(
-                shared.redis,
-                prefix=config.redis_prefix,
-                partitions=config.inbox_partitions,
-                lease_seconds=config.inbox_lease_seconds,
-            )
-            state = shared
-        self.state: ChannelState = state or MemoryState()
-        self.workers: ConversationWorkers[InboundMessage] = ConversationWorkers(
-            config.max_concurrency
-        )
-        self.inbox = PendingInbox(Path(config.pending_inbox_path))
+        # Opened here, while rasa run starts: a damaged or busy state file stops it at once.
+        self.delivery: Delivery = delivery or open_delivery(config)
         self._sends: Set[asyncio.Task[bool]] = set()
         self._refused = 0
         self._refused_reported_at = -60.0
-        self._token_query = f"token={config.webhook_token}".encode()
+        self._not_kept = 0
+        self._token_query = expected_query(config.webhook_token)
         self._stopping = False
-        self.journal: Journal = (
-            RedisJournal(config.redis_url, prefix=config.redis_prefix)
-            if config.redis_url
-            else JsonlJournal(Path(config.failed_sends_path))
-        )
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"ZApiInput({self.config!r})"
@@ -304,13 +298,12 @@ class ZApiInput(InputChannel):
             )
         return self._client
 
-    def get_output_channel(self, reply_key: Optional[str] = None) -> ZApiOutput:
+    def get_output_channel(self, message_key: Optional[str] = None) -> ZApiOutput:
         return ZApiOutput(
             self.client,
             self.config,
-            self.state,
-            self.journal,
-            reply_key=reply_key,
+            self.delivery,
+            message_key=message_key,
             in_flight=self._sends,
         )
 
@@ -320,136 +313,23 @@ class ZApiInput(InputChannel):
             return
         self._stopping = True
         grace = self.config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
-        if self.stream is not None:
-            await self.stream.stop_reading()
-        if not await self.workers.join(grace):
-            unfinished = await self.workers.cancel()
-            if self._sends:
-                # Requests already on the wire finish (or time out) before anything is counted.
-                await asyncio.wait(set(self._sends), timeout=self.config.timeout_seconds + 1)
-        else:
-            unfinished = []
-        if self.stream is not None:
-            # Not acknowledged: they stay in Redis for whichever instance owns the partition next.
-            await self.stream.release()
-            if unfinished:
-                logger.warning(
-                    "Stopping with %d customer message(s) not answered yet: they stay in the "
-                    "Redis inbox for the next owner",
-                    len(unfinished),
-                )
-        elif unfinished:
-            kept = self.inbox.save(
-                [
-                    {"payload": message.raw, "answers_sent": await self._answers_sent(message)}
-                    for message in unfinished
-                ]
-            )
+        unfinished = await self.delivery.stop(grace)
+        if self._sends:
+            # Requests already on the wire finish (or time out), and note that they were sent,
+            # before the state is closed.
+            await asyncio.wait(set(self._sends), timeout=self.config.timeout_seconds + 1)
+        if unfinished:
             logger.warning(
-                "Stopping with %d customer message(s) not answered yet: kept in %s, they are "
-                "answered on the next start",
-                kept,
-                self.inbox.path,
+                "Stopping with %d customer message(s) not answered yet: they stay in %s and "
+                "are answered first by the next start",
+                len(unfinished),
+                self.delivery.where,
             )
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        await self.state.aclose()
-
-    def _accept(
-        self,
-        message: InboundMessage,
-        on_new_message: Callable[[UserMessage], Awaitable[Any]],
-        ack: Optional[Callable[[], Awaitable[None]]] = None,
-    ) -> None:
-        async def job() -> None:
-            try:
-                await self._turn(message, on_new_message)
-            finally:
-                if ack is not None:
-                    await ack()
-
-        self.workers.submit(message.phone, message, job)
-
-    async def _consume(
-        self,
-        partition: int,
-        entry_id: str,
-        payload: Dict[str, Any],
-        on_new_message: Callable[[UserMessage], Awaitable[Any]],
-    ) -> None:
-        """An entry of the Redis inbox: already authenticated and deduplicated by the webhook."""
-        assert self.stream is not None
-        stream = self.stream
-        parsed = parse_callback(payload, self.config)
-
-        async def ack() -> None:
-            await stream.ack(partition, entry_id)
-
-        if isinstance(parsed, InboundMessage):
-            self._accept(parsed, on_new_message, ack)
-        else:
-            await ack()
-
-    async def _resume(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
-        """Queue what the previous run acknowledged but did not answer, before anything new."""
-        records = self.inbox.take()
-        resumed = 0
-        for record in records:
-            parsed = parse_callback(record.get("payload"), self.config)
-            if isinstance(parsed, InboundMessage) and await self.state.first_time(parsed.dedup_key):
-                # A turn cut short may have sent some answers already: the re-run skips them.
-                for number in range(1, _count(record.get("answers_sent")) + 1):
-                    await self.state.mark_sent(f"{parsed.dedup_key}:{number}")
-                self._accept(parsed, on_new_message)
-                resumed += 1
-        if records:
-            logger.info("Answering %d message(s) kept by the previous run", resumed)
-
-    async def _answers_sent(self, message: InboundMessage) -> int:
-        """How many answers to ``message`` already went out (its turn may have been cut short)."""
-        count = 0
-        while await self.state.already_sent(f"{message.dedup_key}:{count + 1}"):
-            count += 1
-        return count
-
-    # -- the webhook ------------------------------------------------------------------------------
-
-    def _authenticate(self, request: Request) -> Optional[HTTPResponse]:
-        # Refusals are not rate-limited here: the token has 256 bits, so guessing is hopeless, and
-        # a refusal costs a constant-time compare and no parsing. Throttling abusive clients is the
-        # reverse proxy's job. Refusals are counted and reported, at most once a minute.
-        # Z-API calls back the exact URL it was given, "...?token=<token>": one constant-time
-        # compare of the whole query string settles that case without sanic parsing the query
-        # (urllib's parse_qs was a tenth of the webhook's CPU). Any other shape (more parameters,
-        # percent-encoding, a wrong token) takes the full check below. A request line with bytes
-        # that are not UTF-8 never gets here: sanic drops it while reading the head
-        # (tests/test_webhook_fuzz.py).
-        if hmac.compare_digest(request.query_string.encode(), self._token_query):
-            return None
-        tokens = request.args.getlist("token") if "token" in request.args else []
-        if not tokens:
-            self._refused_request(request)
-            return response.json({"error": "missing token"}, status=401)
-        # Exactly one token: "?token=wrong&token=right" must not pass by picking the good one.
-        given = tokens[0] if len(tokens) == 1 else ""
-        if not hmac.compare_digest(given.encode(), self.config.webhook_token.encode()):
-            self._refused_request(request)
-            return response.json({"error": "invalid token"}, status=403)
-        return None
-
-    def _refused_request(self, request: Request) -> None:
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._refused_reported_at >= 60:
-            logger.warning(
-                "Refused %d webhook request(s) without the right token in the last minute "
-                "(latest from %s). If that is Z-API, its webhook URL is outdated: run "
-                "`zapi-channel webhook-url`.",
-                self._refused,
-                request.ip,
-            )
-            self._refused, self._refused_reported_at = 0, now
+        self._closed = True
+        await self.delivery.aclose()
 
     async def _turn(
         self,
@@ -460,7 +340,7 @@ class ZApiInput(InputChannel):
         metadata = dict(message.metadata)
         # Read the choices in the worker, not in the request: an earlier message of this customer
         # may still be producing the menu this answer refers to.
-        offered = await self.state.take_choices(message.phone)
+        offered = await self.delivery.take_choices(message.phone)
         if offered and message.kind == "text":
             chosen = match_choice(text, offered)
             if chosen is not None:
@@ -474,7 +354,7 @@ class ZApiInput(InputChannel):
         await on_new_message(
             UserMessage(
                 text=text,
-                output_channel=self.get_output_channel(reply_key=message.dedup_key),
+                output_channel=self.get_output_channel(message_key=message.dedup_key),
                 sender_id=message.phone,
                 input_channel=CHANNEL_NAME,
                 message_id=message.message_id,
@@ -482,56 +362,89 @@ class ZApiInput(InputChannel):
             )
         )
 
+    # -- the webhook ------------------------------------------------------------------------------
+
+    def _refused_request(self, request: Request) -> None:
+        # Refusals are not rate-limited here: the token has 256 bits, so guessing is hopeless, and
+        # a refusal costs a constant-time compare and no parsing. Throttling abusive clients is the
+        # reverse proxy's job. Refusals are counted and reported, at most once a minute.
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_reported_at >= 60:
+            logger.warning(
+                "Refused %d webhook request(s) without the right token in the last minute "
+                "(latest from %s). If that is Z-API, its webhook URL is outdated: run "
+                "`zapi-channel webhook-url`.",
+                self._refused,
+                request.ip,
+            )
+            self._refused, self._refused_reported_at = 0, now
+
+    def _not_kept_report(self, message: InboundMessage, exc: StateUnavailable) -> None:
+        # One ERROR when keeping starts to fail, not one per webhook while it goes on.
+        self._not_kept += 1
+        if self._not_kept == 1:
+            logger.error(
+                "Could not keep customer message %s in %s, so the webhook answers 503 and Z-API "
+                "will send it again: %s. Until this is fixed (free disk space, a writable folder, "
+                "Redis up) no new message is accepted.",
+                message.message_id,
+                exc.where,
+                exc,
+            )
+        else:
+            logger.debug("Still unable to keep messages in %s: %s", exc.where, exc)
+
+    async def _keep(self, message: InboundMessage) -> HTTPResponse:
+        if self._closed:
+            # Stopped: Z-API's resend reaches the next start (or another instance).
+            logger.info("Stopped: answered 503 to message %s", message.message_id)
+            return response.json(NOT_KEPT.body, status=NOT_KEPT.status)
+        try:
+            new = await self.delivery.accept(message)
+        except StateUnavailable as exc:
+            self._not_kept_report(message, exc)
+            return response.json(NOT_KEPT.body, status=NOT_KEPT.status)
+        if self._not_kept:
+            logger.warning(
+                "Messages are kept in %s again (%d webhook(s) answered 503 meanwhile)",
+                self.delivery.where,
+                self._not_kept,
+            )
+            self._not_kept = 0
+        reply = after_accept(new)
+        return response.json(reply.body, status=reply.status)
+
+    async def _receive(self, request: Request) -> HTTPResponse:
+        refused = authenticate(request.query_string, self._token_query, self.config.webhook_token)
+        if refused is not None:
+            self._refused_request(request)
+            return response.json(refused.body, status=refused.status)
+        decision = decide(request.body or b"", self.config)
+        if isinstance(decision, Accept):
+            return await self._keep(decision.message)
+        if decision.log is not None:
+            logger.log(*decision.log)
+        return response.json(decision.body, status=decision.status)
+
+    async def _health(self, request: Request) -> HTTPResponse:
+        health = {"status": "ok", "channel": CHANNEL_NAME, "active": self.config.active}
+        return response.json(health)
+
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
         # A unique blueprint name per channel object: sanic refuses two blueprints of one name,
         # and tests build several apps in one process.
         bp = Blueprint(f"zapi_webhook_{id(self):x}", __name__)
 
+        # sanic sets attributes on its handlers, which bound methods cannot take: functions.
         async def health(request: Request) -> HTTPResponse:
-            return response.json(
-                {"status": "ok", "channel": CHANNEL_NAME, "active": self.config.active}
-            )
+            return await self._health(request)
 
         async def receive(request: Request) -> HTTPResponse:
-            refused = self._authenticate(request)
-            if refused is not None:
-                return refused
-            body = request.body or b""
-            if len(body) > self.config.max_body_bytes:
-                return response.json({"error": "body too large"}, status=413)
-            parsed = parse_body(body, self.config)
-            if isinstance(parsed, Invalid):
-                return response.json({"error": parsed.reason}, status=400)
-            if isinstance(parsed, Ignored):
-                logger.debug("Ignored a Z-API callback: %s", parsed.reason)
-                return response.json({"status": "ignored", "reason": parsed.reason})
-            if isinstance(parsed, Event):
-                logger.log(parsed.level, "%s: %s", parsed.type, parsed.summary)
-                return response.json({"status": "logged"})
-            if not self.config.active:
-                logger.info(
-                    "The channel is inactive (active: false): dropped message %s",
-                    parsed.message_id,
-                )
-                return response.json({"status": "inactive"})
-            if not await self.state.first_time(parsed.dedup_key):
-                logger.debug("Duplicate delivery of message %s ignored", parsed.message_id)
-                return response.json({"status": "duplicate"})
+            return await self._receive(request)
 
-            if self.stream is not None:
-                try:
-                    await self.stream.append(parsed.phone, parsed.raw)
-                except Exception:
-                    logger.exception("Could not store message %s in Redis", parsed.message_id)
-                    await self.state.forget(parsed.dedup_key)
-                    return response.json({"error": "could not store the message"}, status=503)
-                return response.json({"status": "accepted"})
-            if self._stopping:
-                # Shutting down: no new turn starts, but an acknowledged message is never lost.
-                self.inbox.save([{"payload": parsed.raw, "answers_sent": 0}])
-                return response.json({"status": "accepted"})
-            self._accept(parsed, on_new_message)
-            return response.json({"status": "accepted"})
+        async def run_turn(message: InboundMessage) -> None:
+            await self._turn(message, on_new_message)
 
         async def start(app: Any, loop: Any) -> None:
             # Rasa has loaded the model by now (before_server_start). Its ~600k long-lived objects
@@ -540,13 +453,7 @@ class ZApiInput(InputChannel):
             # leave them out of later collections.
             gc.collect()
             gc.freeze()
-            await self._resume(on_new_message)
-            if self.stream is not None:
-
-                async def consume(partition: int, entry_id: str, payload: Dict[str, Any]) -> None:
-                    await self._consume(partition, entry_id, payload, on_new_message)
-
-                self.stream.start(consume)
+            await self.delivery.start(run_turn)
 
         async def finish(app: Any, loop: Any) -> None:
             await self.close()
@@ -557,10 +464,6 @@ class ZApiInput(InputChannel):
         bp.listener(start, "after_server_start")
         bp.listener(finish, "before_server_stop")
         return bp
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 __all__ = ["CHANNEL_NAME", "ZApiInput", "ZApiOutput"]

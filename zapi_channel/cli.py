@@ -24,8 +24,9 @@ from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, Tex
 
 from zapi_channel import setup
 from zapi_channel.client import ZApiClient
-from zapi_channel.config import ZApiCredentials, clean
+from zapi_channel.config import DEFAULT_STATE_PATH, ZApiCredentials, clean
 from zapi_channel.credstore import CredentialsFile
+from zapi_channel.delivery import UNKNOWN, Journal, open_journal
 from zapi_channel.errors import (
     ConfigError,
     InvalidCredentials,
@@ -33,7 +34,6 @@ from zapi_channel.errors import (
     TransportError,
     ZApiError,
 )
-from zapi_channel.journal import UNKNOWN, Journal, JsonlJournal, RedisJournal
 
 EXIT_OK = 0
 EXIT_ZAPI_ERROR = 1
@@ -187,19 +187,33 @@ async def _cmd_disconnect(args: argparse.Namespace, store: CredentialsFile, out:
     return EXIT_OK
 
 
-def _journal(args: argparse.Namespace, store: CredentialsFile) -> Journal:
-    if args.journal:
-        return JsonlJournal(Path(args.journal))
-    block = store.resolved_block()
-    redis_url = clean(block.get("redis_url"))
-    if redis_url:
-        return RedisJournal(redis_url, prefix=clean(block.get("redis_prefix")) or "zapi")
-    return JsonlJournal(Path(clean(block.get("failed_sends_path")) or "failed-sends.jsonl"))
+def _journal(args: argparse.Namespace, store: CredentialsFile) -> Optional[Journal]:
+    """The bot's journal, or None when the bot has never run here (no state file to read)."""
+    block = dict(store.resolved_block())
+    if args.state:
+        block = {"state_path": args.state}
+    elif clean(block.get("redis_url")):
+        return open_journal(block)
+    state_path = Path(clean(block.get("state_path")) or DEFAULT_STATE_PATH)
+    if not state_path.exists():
+        return None
+    return open_journal({"state_path": str(state_path)})
+
+
+def _no_journal(args: argparse.Namespace, store: CredentialsFile) -> str:
+    path = args.state or clean(store.resolved_block().get("state_path")) or DEFAULT_STATE_PATH
+    return f"{path} (there is no such file yet: the bot has not run from this folder)"
 
 
 async def _cmd_failed_list(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
     journal = _journal(args, store)
-    entries = journal.entries()
+    if journal is None:
+        out(f"No failed sends in {_no_journal(args, store)}.")
+        return EXIT_OK
+    try:
+        entries = await journal.entries()
+    finally:
+        await journal.aclose()
     if not entries:
         out(f"No failed sends in {journal.where}.")
         return EXIT_OK
@@ -220,7 +234,21 @@ async def _cmd_failed_list(args: argparse.Namespace, store: CredentialsFile, out
 
 async def _cmd_failed_retry(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
     journal = _journal(args, store)
-    entries = journal.entries()
+    if journal is None:
+        if args.ids:
+            raise ConfigError(f"Not in {_no_journal(args, store)}: {', '.join(args.ids)}")
+        out("Nothing to resend.")
+        return EXIT_OK
+    try:
+        return await _resend(args, store, journal, out)
+    finally:
+        await journal.aclose()
+
+
+async def _resend(
+    args: argparse.Namespace, store: CredentialsFile, journal: Journal, out: _Out
+) -> int:
+    entries = await journal.entries()
     if args.ids:
         chosen = [entry for entry in entries if entry.id in set(args.ids)]
         missing = sorted(set(args.ids) - {entry.id for entry in chosen})
@@ -240,7 +268,7 @@ async def _cmd_failed_retry(args: argparse.Namespace, store: CredentialsFile, ou
             try:
                 await client.send(entry.endpoint, entry.body)
             except (InvalidCredentials, TransportError):
-                journal.remove(resent)
+                await journal.remove(resent)
                 raise
             except ZApiError as exc:
                 failed += 1
@@ -248,7 +276,7 @@ async def _cmd_failed_retry(args: argparse.Namespace, store: CredentialsFile, ou
                 continue
             resent.append(entry.id)
             out(f"  {entry.id}: resent to {entry.phone}")
-    journal.remove(resent)
+    await journal.remove(resent)
     out(f"Resent {len(resent)}; {failed} still failing (kept in {journal.where}).")
     return EXIT_OK if failed == 0 else EXIT_ZAPI_ERROR
 
@@ -332,8 +360,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     for sub in (failed_list, failed_retry):
         sub.add_argument(
-            "--journal",
-            help="a journal file (default: Redis with redis_url, else failed_sends_path)",
+            "--state",
+            metavar="PATH",
+            help="the bot's state file (default: Redis with redis_url, else state_path, "
+            "zapi-channel.db)",
         )
     failed_list.set_defaults(handler=_cmd_failed_list)
     failed_retry.set_defaults(handler=_cmd_failed_retry)

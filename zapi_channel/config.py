@@ -17,11 +17,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from zapi_channel.coerce import as_bool, as_float, as_int, refuse_unknown, text
 from zapi_channel.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.z-api.io"
+
+#: The embedded state file, relative to the working folder of rasa run (and of the CLI).
+DEFAULT_STATE_PATH = "zapi-channel.db"
 
 #: The keys of the channel's block in ``credentials.yml`` that must be present and non-empty.
 CREDENTIAL_KEYS: Tuple[str, ...] = ("instance_id", "instance_token", "client_token")
@@ -43,14 +47,8 @@ DEFAULT_MEDIA_TEXTS: Mapping[str, str] = {
 }
 
 
-def clean(value: Any) -> str:
-    """Strip every leading/trailing whitespace and line break from a pasted value.
-
-    YAML may hand us numbers (an instance id of digits) or ``None``: both become strings.
-    """
-    if value is None:
-        return ""
-    return str(value).strip()
+#: Kept under its old name: most modules and the CLI import it from here.
+clean = text
 
 
 def mask(secret: str) -> str:
@@ -58,44 +56,6 @@ def mask(secret: str) -> str:
     if len(secret) <= 8:
         return "***"
     return f"{secret[:4]}…{secret[-4:]}"
-
-
-def _as_bool(key: str, value: Any, default: bool) -> bool:
-    # Environment variables (``${ZAPI_ACTIVE}``) always arrive as strings.
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    text = clean(value).lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise ConfigError(f"'{key}' must be true or false, not {value!r}")
-
-
-def _as_int(key: str, value: Any, default: Optional[int], low: int, high: int) -> Optional[int]:
-    if value is None or value == "":
-        return default
-    try:
-        number = int(clean(value))
-    except ValueError:
-        raise ConfigError(f"'{key}' must be a whole number, not {value!r}") from None
-    if not low <= number <= high:
-        raise ConfigError(f"'{key}' must be between {low} and {high}, not {number}")
-    return number
-
-
-def _as_float(key: str, value: Any, default: float) -> float:
-    if value is None or value == "":
-        return default
-    try:
-        number = float(clean(value))
-    except ValueError:
-        raise ConfigError(f"'{key}' must be a number, not {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"'{key}' must not be negative, not {number}")
-    return number
 
 
 def _missing(data: Mapping[str, Any], keys: Tuple[str, ...]) -> None:
@@ -164,7 +124,10 @@ class ZApiCredentials:
 
 @dataclass(frozen=True)
 class ChannelConfig:
-    """Everything the ``zapi_channel.ZApiInput`` block of ``credentials.yml`` configures."""
+    """Everything the ``zapi_channel.ZApiInput`` block of ``credentials.yml`` configures.
+
+    Each default is written once, here; :meth:`from_mapping` only coerces what the block sets.
+    """
 
     credentials: ZApiCredentials
     webhook_token: str = field(repr=False)
@@ -181,14 +144,16 @@ class ChannelConfig:
     #: The largest webhook body accepted, in bytes (Z-API sends media as URLs, so bodies are small).
     max_body_bytes: int = 256 * 1024
     timeout_seconds: float = 15.0
-    #: Where answers Z-API did not take are kept (relative to rasa run's working folder).
-    failed_sends_path: str = "failed-sends.jsonl"
     #: Tries per send, the first included (transient failures only; see zapi_channel.retry).
     retry_attempts: int = 4
-    #: On SIGTERM, how long queued turns may take before they are kept for the next start.
+    #: On SIGTERM, how long queued turns may take before they are left for the next start.
     shutdown_grace_seconds: float = 10.0
-    #: Where those unanswered messages are kept (relative to rasa run's working folder).
-    pending_inbox_path: str = "pending-inbox.jsonl"
+    #: The embedded state file (inbox, dedup, choices, sent markers, failed sends), relative to
+    #: rasa run's working folder. Unused with ``redis_url``.
+    state_path: str = DEFAULT_STATE_PATH
+    #: How long a message id is remembered. Z-API redelivers for minutes (9 deliveries of one
+    #: message in 3.5 minutes were seen): a day is far past that window.
+    dedup_ttl_seconds: float = 24 * 3600.0
     #: Shared state for several instances: dedup, numbered choices, sent markers, durable inbox.
     redis_url: Optional[str] = field(default=None, repr=False)
     #: Prefix of every Redis key of this bot (two bots may share one Redis).
@@ -216,61 +181,87 @@ class ChannelConfig:
         """Build from the channel's ``credentials.yml`` block (placeholders already expanded)."""
         data = data or {}
         _missing(data, REQUIRED_CHANNEL_KEYS)
-        buttons_as = clean(data.get("buttons_as")) or "text"
-        media_texts: Dict[str, str] = dict(DEFAULT_MEDIA_TEXTS)
-        overrides = data.get("media_texts") or {}
-        if not isinstance(overrides, Mapping):
-            raise ConfigError("'media_texts' must map a media kind to the text the bot receives")
-        for kind, text in overrides.items():
-            if kind not in DEFAULT_MEDIA_TEXTS:
-                raise ConfigError(
-                    f"'media_texts' has an unknown kind {kind!r}; known: "
-                    + ", ".join(sorted(DEFAULT_MEDIA_TEXTS))
-                )
-            if not clean(text):
-                # An empty text would reach Rasa as an empty message.
-                raise ConfigError(f"'media_texts' entry {kind!r} must not be empty")
-            media_texts[kind] = clean(text)
-        timeout_seconds = _as_float("timeout_seconds", data.get("timeout_seconds"), 15.0)
+        for old, hint in _REMOVED_KEYS.items():
+            if old in data:
+                raise ConfigError(f"'{old}' is no longer a setting of the channel: {hint}")
+        refuse_unknown(data, KNOWN_CHANNEL_KEYS, block="the zapi_channel.ZApiInput block")
+        values: Dict[str, Any] = {}
+        for key, coerce in _COERCERS.items():
+            value = data.get(key)
+            # An unset ${VAR} arrives as an empty string: it means "the default".
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            values[key] = coerce(key, value)
         return cls(
             credentials=ZApiCredentials.from_mapping(data),
             webhook_token=clean(data["webhook_token"]),
-            active=_as_bool("active", data.get("active"), True),
-            allow_groups=_as_bool("allow_groups", data.get("allow_groups"), False),
-            allow_reactions=_as_bool("allow_reactions", data.get("allow_reactions"), False),
-            buttons_as=buttons_as,
-            # Z-API documents delayTyping as 1-15 seconds.
-            delay_typing=_as_int("delay_typing", data.get("delay_typing"), None, 1, 15),
-            mark_read=_as_bool("mark_read", data.get("mark_read"), False),
-            max_text_length=_as_int(
-                "max_text_length", data.get("max_text_length"), 4096, 100, 65000
-            )
-            or 4096,
-            media_texts=media_texts,
-            max_concurrency=_as_int("max_concurrency", data.get("max_concurrency"), 8, 1, 1024)
-            or 8,
-            max_body_bytes=_as_int(
-                "max_body_bytes", data.get("max_body_bytes"), 256 * 1024, 1024, 16 * 1024 * 1024
-            )
-            or 256 * 1024,
-            timeout_seconds=timeout_seconds,
-            failed_sends_path=clean(data.get("failed_sends_path")) or "failed-sends.jsonl",
-            retry_attempts=_as_int("retry_attempts", data.get("retry_attempts"), 4, 1, 10) or 4,
-            shutdown_grace_seconds=_as_float(
-                "shutdown_grace_seconds", data.get("shutdown_grace_seconds"), 10.0
-            ),
-            pending_inbox_path=clean(data.get("pending_inbox_path")) or "pending-inbox.jsonl",
-            redis_url=clean(data.get("redis_url")) or None,
-            redis_prefix=clean(data.get("redis_prefix")) or "zapi",
-            inbox_partitions=_as_int("inbox_partitions", data.get("inbox_partitions"), 8, 1, 256)
-            or 8,
-            inbox_lease_seconds=_as_float(
-                "inbox_lease_seconds", data.get("inbox_lease_seconds"), 15.0
-            ),
+            **values,
         )
 
     def secrets(self) -> Tuple[str, ...]:
         return (*self.credentials.secrets(), self.webhook_token)
+
+
+def _media_texts(key: str, value: Any) -> Dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("'media_texts' must map a media kind to the text the bot receives")
+    media_texts: Dict[str, str] = dict(DEFAULT_MEDIA_TEXTS)
+    for kind, wording in value.items():
+        if kind not in DEFAULT_MEDIA_TEXTS:
+            raise ConfigError(
+                f"'media_texts' has an unknown kind {kind!r}; known: "
+                + ", ".join(sorted(DEFAULT_MEDIA_TEXTS))
+            )
+        if not clean(wording):
+            # An empty text would reach Rasa as an empty message.
+            raise ConfigError(f"'media_texts' entry {kind!r} must not be empty")
+        media_texts[kind] = clean(wording)
+    return media_texts
+
+
+def _ranged(low: int, high: int) -> Callable[[str, Any], int]:
+    return lambda key, value: as_int(key, value, low, high)
+
+
+def _text_value(key: str, value: Any) -> str:
+    return clean(value)
+
+
+#: How each optional key is read. The credentials (and base_url) are read by ZApiCredentials.
+_COERCERS: Mapping[str, Callable[[str, Any], Any]] = {
+    "active": as_bool,
+    "allow_groups": as_bool,
+    "allow_reactions": as_bool,
+    "buttons_as": _text_value,
+    # Z-API documents delayTyping as 1-15 seconds.
+    "delay_typing": _ranged(1, 15),
+    "mark_read": as_bool,
+    "max_text_length": _ranged(100, 65000),
+    "media_texts": _media_texts,
+    "max_concurrency": _ranged(1, 1024),
+    "max_body_bytes": _ranged(1024, 16 * 1024 * 1024),
+    "timeout_seconds": lambda key, value: as_float(key, value, positive=True),
+    "retry_attempts": _ranged(1, 10),
+    "shutdown_grace_seconds": as_float,
+    "state_path": _text_value,
+    # Below a minute would answer Z-API's own redeliveries again.
+    "dedup_ttl_seconds": lambda key, value: as_float(key, value, low=60.0),
+    "redis_url": _text_value,
+    "redis_prefix": _text_value,
+    "inbox_partitions": _ranged(1, 256),
+    "inbox_lease_seconds": lambda key, value: as_float(key, value, positive=True),
+}
+
+#: Every key the channel's block may hold.
+KNOWN_CHANNEL_KEYS: Tuple[str, ...] = (*REQUIRED_CHANNEL_KEYS, "base_url", *_COERCERS)
+
+#: Keys of earlier versions, and what replaced them.
+_REMOVED_KEYS: Mapping[str, str] = {
+    "pending_inbox_path": "unanswered messages are kept in the state file ('state_path', "
+    "default zapi-channel.db). Remove the key.",
+    "failed_sends_path": "failed sends are kept in the state file ('state_path', default "
+    "zapi-channel.db). Remove the key.",
+}
 
 
 __all__ = [
@@ -278,6 +269,8 @@ __all__ = [
     "CREDENTIAL_KEYS",
     "DEFAULT_BASE_URL",
     "DEFAULT_MEDIA_TEXTS",
+    "DEFAULT_STATE_PATH",
+    "KNOWN_CHANNEL_KEYS",
     "REQUIRED_CHANNEL_KEYS",
     "ChannelConfig",
     "ZApiCredentials",

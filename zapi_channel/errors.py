@@ -8,8 +8,13 @@ The tree::
     ├── NotConnected               the instance exists but no phone is paired (QR code not scanned)
     ├── ZApiResponseError          any other answer Z-API gave that is not a success
     │   └── SendNotAccepted        a send answered 2xx but carried no ``messageId``
-    └── TransportError             Z-API could not be reached (DNS, refused, TLS, ...)
-        └── ZApiTimeout            Z-API did not answer in time
+    ├── TransportError             Z-API could not be reached (DNS, refused, TLS, ...)
+    │   └── ZApiTimeout            Z-API did not answer in time
+    └── StateError                 the channel's own state (the SQLite file, Redis) failed
+        ├── StateUnavailable       a write did not take (disk full, read-only, Redis down):
+        │                          the webhook answers 503 so that Z-API sends the message again
+        ├── StateCorrupt           the state file is not a readable SQLite database: no start
+        └── StateInUse             another process already consumes the state file: no start
 
 Low-level ``httpx`` errors are translated into this tree at exactly one place
 (:meth:`zapi_channel.client.ZApiClient.request`). Context is keyword-only and never holds a secret:
@@ -94,11 +99,35 @@ class ZApiTimeout(TransportError):
     """Z-API did not answer within the configured timeout."""
 
 
+class StateError(ZApiError):
+    """The channel's own state could not be used. ``where`` names it (a path, never a URL)."""
+
+    def __init__(self, message: str, *, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+class StateUnavailable(StateError):
+    """A read or write of the state did not take; nothing was acknowledged."""
+
+
+class StateCorrupt(StateError):
+    """The state file cannot be read as the channel's SQLite database."""
+
+
+class StateInUse(StateError):
+    """Another running process already owns the state file."""
+
+
 __all__ = [
     "ConfigError",
     "InvalidCredentials",
     "NotConnected",
     "SendNotAccepted",
+    "StateCorrupt",
+    "StateError",
+    "StateInUse",
+    "StateUnavailable",
     "TransportError",
     "ZApiError",
     "ZApiRequestError",

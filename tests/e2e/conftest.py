@@ -27,6 +27,7 @@ def channel_credentials(
     folder: Path, *, emulator_url: str, webhook_token: str, **options: object
 ) -> Path:
     """A credentials.yml for the emulator's instance, plus ``options`` as further channel keys."""
+    options.setdefault("state_path", folder / "zapi-channel.db")
     lines = [
         "zapi_channel.ZApiInput:",
         f"  instance_id: {EMULATOR_INSTANCE}",
@@ -34,8 +35,6 @@ def channel_credentials(
         f"  client_token: {EMULATOR_CLIENT}",
         f"  webhook_token: {webhook_token}",
         f"  base_url: {emulator_url}",
-        f"  failed_sends_path: {folder / 'failed-sends.jsonl'}",
-        f"  pending_inbox_path: {folder / 'pending-inbox.jsonl'}",
         *(f"  {key}: {value}" for key, value in options.items()),
     ]
     path = folder / "credentials.yml"
@@ -92,8 +91,7 @@ def stack(trained_model: Path, e2e_dir: Path) -> Iterator[Stack]:
         f"  webhook_token: {webhook_token}\n"
         f"  base_url: {emulator_url}\n"
         # Never the work tree: whatever the channel keeps goes beside the test's logs.
-        f"  failed_sends_path: {e2e_dir / 'failed-sends.jsonl'}\n"
-        f"  pending_inbox_path: {e2e_dir / 'pending-inbox.jsonl'}\n"
+        f"  state_path: {e2e_dir / 'zapi-channel.db'}\n"
     )
     endpoints = e2e_dir / "endpoints.yml"
     endpoints.write_text(f"action_endpoint:\n  url: http://127.0.0.1:{actions_port}/webhook\n")

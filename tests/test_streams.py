@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Tuple
 import pytest
 import redis.asyncio as redis_asyncio
 
-from zapi_channel.stream_inbox import StreamInbox
+from zapi_channel.delivery.streams import StreamInbox
 
 Seen = List[Tuple[str, int, str, str]]
 

@@ -1,0 +1,252 @@
+"""One contract, both deliveries: the embedded SQLite file and Redis behave the same to the channel.
+
+Each test opens deliveries through ``make``; two deliveries made with the same ``store`` name share
+their storage (the same SQLite file, the same Redis prefix), which is how a restart is played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Dict, List
+
+import pytest
+
+from tests.livesanic import free_port
+from zapi_channel.delivery import FAILED, Delivery
+from zapi_channel.delivery.embedded import EmbeddedDelivery
+from zapi_channel.delivery.shared import RedisDelivery, connect
+from zapi_channel.errors import StateUnavailable
+from zapi_channel.inbound import InboundMessage
+from zapi_channel.outbound import Choice
+
+MENU = [Choice("A picture", "/ask_image"), Choice("A document", "/ask_document")]
+Make = Callable[..., Delivery]
+
+
+def message(n: int, phone: str = "5511999990000", text: str = "") -> InboundMessage:
+    return InboundMessage(
+        instance_id="INSTANCE",
+        message_id=f"MSG{n}",
+        phone=phone,
+        text=text or f"m{n}",
+        kind="text",
+        metadata={"sender_name": "Ana", "n": n},
+        raw={},
+    )
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
+    made: List[Delivery] = []
+    prefix = f"test-contract-{uuid.uuid4().hex[:8]}"
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+
+    def build(store: str = "one", broken: bool = False, **options: Any) -> Delivery:
+        """``broken``: its storage refuses every write (a read-only file, a Redis that is down)."""
+        delivery: Delivery
+        if request.param == "embedded":
+            embedded = EmbeddedDelivery(tmp_path / f"{store}.db", **options)
+            if broken:
+                embedded._thread.run(lambda db: db.execute("PRAGMA query_only = ON"))
+            delivery = embedded
+        else:
+            options.setdefault("partitions", 2)
+            options.setdefault("lease_seconds", 1.0)
+            options.setdefault("block_seconds", 0.1)
+            where = f"redis://127.0.0.1:{free_port()}/0" if broken else url
+            delivery = RedisDelivery(connect(where), prefix=f"{prefix}-{store}", **options)
+        made.append(delivery)
+        return delivery
+
+    yield build
+    for delivery in made:
+        # Some tests closed theirs already.
+        with contextlib.suppress(StateUnavailable, RuntimeError):
+            await delivery.stop(0)
+            await delivery.aclose()
+    if url:
+        client = connect(url)
+        keys = [key async for key in client.scan_iter(f"{prefix}-*")]
+        if keys:
+            await client.delete(*keys)
+        await client.close()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.texts: List[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, message: InboundMessage) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.texts.append(message.text)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_message_is_accepted_once(make: Make) -> None:
+    delivery = make()
+    assert await delivery.accept(message(1)) is True
+    assert await delivery.accept(message(1)) is False
+    assert await delivery.accept(message(2)) is True
+
+
+async def test_turns_run_in_order_per_customer_with_what_came_before_start_first(
+    make: Make,
+) -> None:
+    delivery = make()
+    for n in range(3):
+        await delivery.accept(message(n))
+    seen = Recorder()
+    await delivery.start(seen)
+    for n in range(3, 6):
+        await delivery.accept(message(n))
+    await until(lambda: len(seen.texts) == 6)
+    assert seen.texts == [f"m{n}" for n in range(6)]
+
+
+async def test_the_parsed_message_comes_back_whole(make: Make) -> None:
+    delivery = make()
+    got: List[InboundMessage] = []
+
+    async def keep(m: InboundMessage) -> None:
+        got.append(m)
+
+    await delivery.start(keep)
+    sent = message(7, text="olá 😀")
+    await delivery.accept(sent)
+    await until(lambda: bool(got))
+    assert got == [sent]
+    assert got[0].metadata == {"sender_name": "Ana", "n": 7}
+
+
+async def test_an_unfinished_turn_runs_again_after_a_restart_and_knows_what_it_sent(
+    make: Make,
+) -> None:
+    first = make("store")
+    stuck = Recorder()
+    stuck.gate = asyncio.Event()
+    await first.start(stuck)
+    await first.accept(message(1))
+    await first.mark_sent(message(1).dedup_key, 1)
+    await until(lambda: first.pending == 1)  # the turn is running
+    unfinished = await first.stop(0.05)
+    assert [m.message_id for m in unfinished] == ["MSG1"]
+    # While stopped, a new message is still kept: it runs on the next start.
+    assert await first.accept(message(2)) is True
+    await first.aclose()
+
+    second = make("store")
+    seen: List[Any] = []
+
+    async def rerun(m: InboundMessage) -> None:
+        # What the output channel asks before each answer of the re-run turn.
+        sent = [await second.already_sent(m.dedup_key, n) for n in (1, 2)]
+        seen.append((m.text, sent))
+
+    await second.start(rerun)
+    await until(lambda: len(seen) == 2)
+    assert seen == [("m1", [True, False]), ("m2", [False, False])]
+    # Deduplication outlives the restart: a redelivery is not answered again.
+    assert await second.accept(message(1)) is False
+
+
+async def test_a_finished_turn_is_not_run_again(make: Make) -> None:
+    first = make("store")
+    seen = Recorder()
+    await first.start(seen)
+    await first.accept(message(1))
+    await until(lambda: seen.texts == ["m1"])
+    assert await first.stop(5) == []
+    await first.aclose()
+    second = make("store")
+    again = Recorder()
+    await second.start(again)
+    await asyncio.sleep(0.3)
+    assert again.texts == []
+
+
+async def test_a_turn_that_raises_is_done_and_the_next_one_runs(make: Make) -> None:
+    delivery = make()
+    seen: List[str] = []
+
+    async def flaky(m: InboundMessage) -> None:
+        seen.append(m.text)
+        if m.text == "m1":
+            raise RuntimeError("the bot broke")
+
+    await delivery.start(flaky)
+    await delivery.accept(message(1))
+    await delivery.accept(message(2))
+    await until(lambda: seen == ["m1", "m2"])
+    await until(lambda: delivery.pending == 0)
+
+
+async def test_choices_answer_one_reply(make: Make) -> None:
+    delivery = make()
+    await delivery.remember_choices("5511", MENU)
+    assert await delivery.take_choices("5511") == MENU
+    assert await delivery.take_choices("5511") is None
+    assert await delivery.take_choices("5599") is None
+
+
+async def test_the_journal_keeps_failed_sends_in_order_and_removes_by_id(make: Make) -> None:
+    delivery = make()
+    first = await delivery.record(
+        "send-text", {"phone": "5511", "message": "a"}, "HTTP 503", FAILED
+    )
+    await delivery.record("send-text", {"phone": "5511", "message": "b \ud83d"}, "boom", FAILED)
+    entries = await delivery.entries()
+    assert [e.body["message"] for e in entries] == ["a", "b ?"]
+    assert entries[0] == first
+    assert await delivery.remove([first.id, "nope"]) == 1
+    assert [e.body["message"] for e in await delivery.entries()] == ["b ?"]
+
+
+async def test_a_delivery_that_cannot_keep_a_message_says_so_and_keeps_nothing(
+    make: Make,
+) -> None:
+    delivery = make(broken=True)
+    with pytest.raises(StateUnavailable):
+        await delivery.accept(message(1))
+    assert delivery.pending == 0
+
+
+async def test_a_closed_delivery_keeps_nothing(make: Make) -> None:
+    delivery = make()
+    await delivery.stop(0)
+    await delivery.aclose()
+    if isinstance(delivery, EmbeddedDelivery):
+        with pytest.raises(StateUnavailable):
+            await delivery.accept(message(1))
+
+
+def test_reprs_hold_no_secret(make: Make) -> None:
+    delivery = make()
+    assert "redis://" not in repr(delivery) and "@" not in repr(delivery)
+
+
+async def test_many_customers_at_once_each_in_order(make: Make) -> None:
+    delivery = make(max_concurrency=4)
+    seen: Dict[str, List[int]] = {}
+
+    async def record(m: InboundMessage) -> None:
+        await asyncio.sleep(0)
+        seen.setdefault(m.phone, []).append(m.metadata["n"])
+
+    await delivery.start(record)
+    # One after the other: two webhooks of one customer in flight at once have no order to keep.
+    for n in range(200):
+        assert await delivery.accept(message(n, phone=f"55{n % 10}"))
+    await until(lambda: sum(map(len, seen.values())) == 200)
+    for phone, numbers in seen.items():
+        assert numbers == sorted(numbers), phone

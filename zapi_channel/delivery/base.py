@@ -1,0 +1,222 @@
+"""The delivery layer's interface: what happens to a customer message after the webhook's 200.
+
+A :class:`Delivery` keeps an accepted message durably *before* the webhook answers, runs its turn
+in order per customer, and forgets it only once the turn is over. Beside the inbox it holds the
+small state the conversation needs across turns and restarts: deduplication keys, the numbered
+choices last offered, sent markers (which answers of a message already went out) and the
+failed-sends journal.
+
+Two implementations, chosen by configuration (:func:`zapi_channel.delivery.open_delivery`):
+:class:`~zapi_channel.delivery.embedded.EmbeddedDelivery` (one SQLite file, the default) and
+:class:`~zapi_channel.delivery.shared.RedisDelivery` (``redis_url``: several instances). Both pass
+the same contract suite (``tests/test_delivery_contract.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Protocol
+
+from zapi_channel.delivery.workers import ConversationWorkers
+from zapi_channel.inbound import InboundMessage
+from zapi_channel.outbound import Choice
+
+logger = logging.getLogger(__name__)
+
+#: The outcome of a send that was not confirmed.
+FAILED = "failed"  # Z-API refused it or could not be reached: it was not sent
+UNKNOWN = "unknown"  # the request went out and no answer came: it may have been sent
+
+#: How long the numbered choices last offered to a customer still answer a reply.
+CHOICES_TTL_SECONDS = 24 * 3600.0
+
+#: Runs one Rasa turn for a message.
+TurnHandler = Callable[[InboundMessage], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FailedSend:
+    """An answer Z-API finally did not take: the request body (never a token) and the error."""
+
+    id: str
+    at: str
+    endpoint: str
+    body: Dict[str, Any]
+    error: str
+    outcome: str
+
+    @property
+    def phone(self) -> str:
+        return str(self.body.get("phone", ""))
+
+    @classmethod
+    def new(cls, endpoint: str, body: Mapping[str, Any], error: str, outcome: str) -> FailedSend:
+        return cls(
+            id=uuid.uuid4().hex[:12],
+            at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            endpoint=endpoint,
+            body=dict(body),
+            error=error,
+            outcome=outcome,
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FailedSend:
+        return cls(
+            id=str(data["id"]),
+            at=str(data["at"]),
+            endpoint=str(data["endpoint"]),
+            body=dict(data.get("body") or {}),
+            error=str(data.get("error", "")),
+            outcome=str(data.get("outcome", FAILED)),
+        )
+
+    def to_json(self) -> str:
+        # "replace": a lone surrogate in a body must not make the journal itself fail.
+        text = json.dumps(asdict(self), ensure_ascii=False)
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class Journal(Protocol):
+    """Where failed sends are kept, for ``zapi-channel failed list`` and ``failed retry``."""
+
+    @property
+    def where(self) -> str: ...
+
+    async def record(
+        self, endpoint: str, body: Mapping[str, Any], error: str, outcome: str
+    ) -> FailedSend: ...
+
+    async def entries(self) -> List[FailedSend]: ...
+
+    async def remove(self, ids: Iterable[str]) -> int:
+        """Drop entries (after a successful resend); returns how many were removed."""
+
+    async def aclose(self) -> None: ...
+
+
+class Delivery(Journal, Protocol):
+    """The channel's only view of its state. See the module docstring."""
+
+    async def accept(self, message: InboundMessage) -> bool:
+        """Keep ``message`` durably and queue its turn; False if it was seen before.
+
+        Raises :class:`~zapi_channel.errors.StateUnavailable` when it could not be kept: the
+        webhook must then not answer 2xx.
+        """
+
+    async def start(self, handler: TurnHandler) -> None:
+        """Run turns from now on: first what an earlier run kept and did not answer, in order."""
+
+    async def stop(self, grace_seconds: float) -> List[InboundMessage]:
+        """Start no new turn; let queued ones finish within the grace period, then cancel them.
+
+        Returns the messages whose turn did not finish: they stay kept for the next start.
+        Messages accepted from now on are kept, not run.
+        """
+
+    @property
+    def pending(self) -> int:
+        """Messages accepted here whose turn has not finished (queued or running)."""
+
+    async def remember_choices(self, phone: str, choices: List[Choice]) -> None: ...
+
+    async def take_choices(self, phone: str) -> Optional[List[Choice]]:
+        """The choices last offered to ``phone``, forgotten once read: they answer one reply."""
+
+    async def already_sent(self, message_key: str, answer: int) -> bool:
+        """Whether answer number ``answer`` (from 1) to a message went out in an earlier run."""
+
+    async def mark_sent(self, message_key: str, answer: int) -> None: ...
+
+
+class Turns:
+    """Per-customer FIFO turns, shared by both implementations.
+
+    ``finish`` runs after a turn ended, well or badly, but not when a stop cancelled it: a
+    cancelled turn's message stays kept, to run again on the next start.
+    """
+
+    def __init__(self, max_concurrency: int, finish: Callable[[InboundMessage], Awaitable[None]]):
+        self.workers: ConversationWorkers[InboundMessage] = ConversationWorkers(max_concurrency)
+        self._finish = finish
+        self.handler: Optional[TurnHandler] = None
+
+    def submit(self, message: InboundMessage) -> None:
+        self.workers.submit(message.phone, message, lambda: self._run(message))
+
+    async def _run(self, message: InboundMessage) -> None:
+        assert self.handler is not None
+        try:
+            await self.handler(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Run again, it would most likely fail again, at every start: it is logged, and done.
+            logger.exception("The turn of message %s failed", message.message_id)
+        await self._finish(message)
+
+    async def stop(self, grace_seconds: float) -> List[InboundMessage]:
+        if await self.workers.join(grace_seconds):
+            return []
+        return await self.workers.cancel()
+
+
+def message_record(message: InboundMessage) -> Dict[str, Any]:
+    """The parsed message as an inbox keeps it: a restart or another instance parse no more."""
+    return {
+        "instance_id": message.instance_id,
+        "message_id": message.message_id,
+        "phone": message.phone,
+        "text": message.text,
+        "kind": message.kind,
+        "metadata": message.metadata,
+    }
+
+
+def message_from_record(data: Any) -> Optional[InboundMessage]:
+    """:func:`message_record` undone; None for anything else (a damaged entry is skipped)."""
+    try:
+        return InboundMessage(
+            instance_id=str(data["instance_id"]),
+            message_id=str(data["message_id"]),
+            phone=str(data["phone"]),
+            text=str(data["text"]),
+            kind=str(data["kind"]),
+            metadata=dict(data["metadata"]),
+            raw={},
+        )
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def encode_message(message: InboundMessage) -> str:
+    return json.dumps(message_record(message), ensure_ascii=False)
+
+
+def decode_message(text: Any) -> Optional[InboundMessage]:
+    try:
+        return message_from_record(json.loads(text))
+    except (ValueError, TypeError):
+        return None
+
+
+__all__ = [
+    "CHOICES_TTL_SECONDS",
+    "FAILED",
+    "UNKNOWN",
+    "Delivery",
+    "FailedSend",
+    "Journal",
+    "TurnHandler",
+    "Turns",
+    "decode_message",
+    "encode_message",
+    "message_from_record",
+    "message_record",
+]

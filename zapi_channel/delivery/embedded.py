@@ -1,0 +1,456 @@
+"""The default delivery: everything in one SQLite file (``state_path``), no other service.
+
+The webhook's message is committed to the file's inbox, together with its deduplication key,
+before Z-API gets its 200; the commit reaches the disk (WAL, ``synchronous=FULL``), so a message
+acknowledged to Z-API survives ``kill -9``, an OOM kill and a power cut. It leaves the inbox when
+its turn is over. On start, whatever is still there is answered first, in order, per customer; the
+sent markers make a turn cut short skip the answers that already went out.
+
+One process consumes a file. The first takes an exclusive ``flock`` on it for as long as it runs,
+and a second ``rasa run`` on the same file refuses to start, naming the first one's pid (the
+kernel drops the lock when a process dies, ``kill -9`` included, so a crash never leaves a stale
+lock). Several instances share Redis instead (``redis_url``). The command line opens the file
+without that lock: it only reads and edits the failed-sends journal.
+
+Keep the file on a local disk: ``flock`` and SQLite's WAL mode are not reliable on network file
+systems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Optional, Set, Tuple
+
+from zapi_channel.delivery.base import (
+    CHOICES_TTL_SECONDS,
+    FailedSend,
+    TurnHandler,
+    Turns,
+    decode_message,
+    encode_message,
+)
+from zapi_channel.delivery.sqlite import SqliteThread
+from zapi_channel.errors import StateCorrupt, StateInUse, StateUnavailable
+from zapi_channel.inbound import InboundMessage
+from zapi_channel.outbound import Choice
+
+logger = logging.getLogger(__name__)
+
+#: Bumped when the tables change; a file from a newer version is refused, not misread.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER, since REAL);
+CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_expires ON dedup (expires);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    message TEXT NOT NULL,
+    accepted_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sent (
+    key TEXT NOT NULL, answer INTEGER NOT NULL, PRIMARY KEY (key, answer)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS choices (
+    phone TEXT PRIMARY KEY, choices TEXT NOT NULL, expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failed_sends (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, entry TEXT NOT NULL
+);
+"""
+
+#: How often expired dedup keys and choices are purged.
+PURGE_EVERY_SECONDS = 60.0
+
+
+def _what_to_do(path: Path) -> str:
+    return (
+        f"Stop the bot, move the file aside (mv {path} {path}.broken) and start again: a new "
+        "file is created. Messages it held that were not answered yet are lost; Z-API's "
+        "redeliveries of recent ones may be answered again."
+    )
+
+
+class StateFile:
+    """The SQLite file, opened and checked, behind its :class:`SqliteThread`.
+
+    ``consumer=True`` (the running bot) also takes the file's lock; see the module docstring.
+    """
+
+    def __init__(self, path: Path, *, consumer: bool) -> None:
+        self.path = Path(path)
+        self._lock_fd: Optional[int] = None
+        if consumer:
+            self._lock_fd = self._lock()
+        try:
+            self.thread = SqliteThread(self._connect, where=str(self.path))
+        except BaseException:
+            self._unlock()
+            raise
+        if consumer:
+            self.thread.run(_claim)
+
+    def __repr__(self) -> str:
+        return f"StateFile({str(self.path)!r})"
+
+    def _lock(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600: the file holds customers' messages and phone numbers.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateUnavailable(
+                f"Cannot create or open the state file {self.path}: {exc.strerror}. Make its "
+                "folder writable, or set state_path in the zapi_channel.ZApiInput block.",
+                where=str(self.path),
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = _owner_pid(self.path)
+            who = f"process {holder}" if holder else "another process"
+            raise StateInUse(
+                f"The state file {self.path} is in use by {who} (another rasa run of this bot?). "
+                "One process consumes one file: give each instance its own state_path, or run "
+                "several instances with redis_url.",
+                where=str(self.path),
+            ) from None
+        return fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def _connect(self) -> sqlite3.Connection:
+        where = str(self.path)
+        try:
+            connection = sqlite3.connect(where, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as exc:
+            raise StateUnavailable(
+                f"Cannot open the state file {self.path}: {exc}", where=where
+            ) from exc
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateCorrupt(
+                    f"The state file {self.path} was written by a newer zapi-channel (schema "
+                    f"{version}, this one reads {SCHEMA_VERSION}): upgrade zapi-channel, or "
+                    "give this bot another state_path.",
+                    where=where,
+                )
+            check = connection.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StateCorrupt(
+                    f"The state file {self.path} is damaged ({check}). {_what_to_do(self.path)}",
+                    where=where,
+                )
+            connection.execute("PRAGMA journal_mode=WAL")
+            # FULL: each commit is on the disk before the webhook answers (a power cut keeps it).
+            connection.execute("PRAGMA synchronous=FULL")
+            # The command line may hold the write lock for a moment while it edits the journal.
+            connection.execute("PRAGMA busy_timeout=5000")
+            connection.executescript(_SCHEMA)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            connection.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                # Read-only, full, locked: the file may be fine, its place is not.
+                raise StateUnavailable(
+                    f"Cannot write the state file {self.path}: {exc}", where=where
+                ) from exc
+            raise StateCorrupt(
+                f"The state file {self.path} is not a readable SQLite database ({exc}). "
+                f"{_what_to_do(self.path)}",
+                where=where,
+            ) from exc
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def close(self) -> None:
+        self.thread.close()
+        self._unlock()
+
+
+def _owner_pid(path: Path) -> Optional[int]:
+    """The pid the lock's holder wrote, read without waiting for anything."""
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+    except sqlite3.Error:
+        return None
+    try:
+        row = connection.execute("SELECT pid FROM owner WHERE id = 1").fetchone()
+        return int(row[0]) if row and row[0] else None
+    except sqlite3.Error:
+        return None
+    finally:
+        connection.close()
+
+
+# -- operations, run in the thread ----------------------------------------------------------------
+# Each takes the connection first, so that the thread can run it; functools.partial binds the rest.
+
+
+def _claim(connection: sqlite3.Connection) -> None:
+    connection.execute(
+        "INSERT OR REPLACE INTO owner (id, pid, since) VALUES (1, ?, ?)", (os.getpid(), time.time())
+    )
+    # Markers are only read for messages still in the inbox.
+    connection.execute("DELETE FROM sent WHERE key NOT IN (SELECT key FROM inbox)")
+    _purge(connection)
+
+
+def _purge(connection: sqlite3.Connection) -> None:
+    now = time.time()
+    connection.execute("DELETE FROM dedup WHERE expires <= ?", (now,))
+    connection.execute("DELETE FROM choices WHERE expires <= ?", (now,))
+
+
+def _accept(connection: sqlite3.Connection, key: str, message: str, ttl: float) -> Optional[int]:
+    now = time.time()
+    # A key whose window is over counts as new again (and gets a new window).
+    seen = connection.execute(
+        "INSERT INTO dedup (key, expires) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+        "SET expires = excluded.expires WHERE dedup.expires <= ?",
+        (key, now + ttl, now),
+    )
+    if seen.rowcount == 0:
+        return None
+    kept = connection.execute(
+        "INSERT OR IGNORE INTO inbox (key, message, accepted_at) VALUES (?, ?, ?)",
+        (key, message, now),
+    )
+    return kept.lastrowid if kept.rowcount else None
+
+
+def _kept(connection: sqlite3.Connection) -> List[Tuple[int, str]]:
+    return list(connection.execute("SELECT seq, message FROM inbox ORDER BY seq"))
+
+
+def _done(connection: sqlite3.Connection, key: str) -> None:
+    connection.execute("DELETE FROM inbox WHERE key = ?", (key,))
+    connection.execute("DELETE FROM sent WHERE key = ?", (key,))
+
+
+def _is_sent(connection: sqlite3.Connection, key: str, answer: int) -> bool:
+    row = connection.execute("SELECT 1 FROM sent WHERE key = ? AND answer = ?", (key, answer))
+    return row.fetchone() is not None
+
+
+def _mark_sent(connection: sqlite3.Connection, key: str, answer: int) -> None:
+    connection.execute("INSERT OR IGNORE INTO sent (key, answer) VALUES (?, ?)", (key, answer))
+
+
+def _set_choices(connection: sqlite3.Connection, phone: str, choices: str) -> None:
+    connection.execute(
+        "INSERT OR REPLACE INTO choices (phone, choices, expires) VALUES (?, ?, ?)",
+        (phone, choices, time.time() + CHOICES_TTL_SECONDS),
+    )
+
+
+def _take_choices(connection: sqlite3.Connection, phone: str) -> Optional[str]:
+    row = connection.execute(
+        "SELECT choices FROM choices WHERE phone = ? AND expires > ?", (phone, time.time())
+    ).fetchone()
+    connection.execute("DELETE FROM choices WHERE phone = ?", (phone,))
+    return str(row[0]) if row else None
+
+
+def _record(connection: sqlite3.Connection, entry: FailedSend) -> None:
+    connection.execute(
+        "INSERT INTO failed_sends (id, entry) VALUES (?, ?)", (entry.id, entry.to_json())
+    )
+
+
+def _entries(connection: sqlite3.Connection) -> List[str]:
+    return [row[0] for row in connection.execute("SELECT entry FROM failed_sends ORDER BY seq")]
+
+
+def _remove(connection: sqlite3.Connection, ids: List[str]) -> int:
+    removed = 0
+    for entry_id in ids:
+        removed += connection.execute("DELETE FROM failed_sends WHERE id = ?", (entry_id,)).rowcount
+    return removed
+
+
+def _parse_entries(lines: Iterable[str]) -> List[FailedSend]:
+    entries: List[FailedSend] = []
+    for line in lines:
+        try:
+            entries.append(FailedSend.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return entries
+
+
+def _encode_choices(choices: List[Choice]) -> str:
+    return json.dumps([[choice.title, choice.payload] for choice in choices], ensure_ascii=False)
+
+
+def _decode_choices(text: Optional[str]) -> Optional[List[Choice]]:
+    if not text:
+        return None
+    try:
+        return [Choice(str(title), str(payload)) for title, payload in json.loads(text)]
+    except (ValueError, TypeError):
+        return None
+
+
+class EmbeddedJournal:
+    """The failed-sends journal in the state file; what the command line opens."""
+
+    def __init__(self, file: StateFile) -> None:
+        self._file = file
+
+    @classmethod
+    def open(cls, path: Path) -> EmbeddedJournal:
+        return cls(StateFile(path, consumer=False))
+
+    @property
+    def where(self) -> str:
+        return str(self._file.path)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedJournal({self.where!r})"
+
+    async def record(
+        self, endpoint: str, body: Mapping[str, Any], error: str, outcome: str
+    ) -> FailedSend:
+        entry = FailedSend.new(endpoint, body, error, outcome)
+        await self._file.thread.call(partial(_record, entry=entry))
+        return entry
+
+    async def entries(self) -> List[FailedSend]:
+        return _parse_entries(await self._file.thread.call(_entries))
+
+    async def remove(self, ids: Iterable[str]) -> int:
+        doomed = list(dict.fromkeys(ids))
+        return int(await self._file.thread.call(partial(_remove, ids=doomed)))
+
+    async def aclose(self) -> None:
+        # Joining the thread waits for what is still queued: not on the event loop.
+        await asyncio.get_running_loop().run_in_executor(None, self._file.close)
+
+
+class EmbeddedDelivery(EmbeddedJournal):
+    """The :class:`~zapi_channel.delivery.base.Delivery` in one SQLite file (module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        dedup_ttl_seconds: float = 24 * 3600.0,
+        max_concurrency: int = 8,
+    ) -> None:
+        super().__init__(StateFile(path, consumer=True))
+        self.dedup_ttl_seconds = dedup_ttl_seconds
+        self._turns = Turns(max_concurrency, self._finish)
+        self._thread = self._file.thread
+        # Accepted before start() read the inbox, or while stopping: run by start(), or kept.
+        self._held: List[Tuple[int, InboundMessage]] = []
+        self._stopping = False
+        # Keys of the messages an earlier run left: only their sent markers can exist.
+        self._resumed: Set[str] = set()
+        self._purged_at = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedDelivery({self.where!r})"
+
+    @property
+    def workers(self) -> Any:
+        return self._turns.workers
+
+    @property
+    def pending(self) -> int:
+        return self._turns.workers.pending + len(self._held)
+
+    async def accept(self, message: InboundMessage) -> bool:
+        operation = partial(
+            _accept,
+            key=message.dedup_key,
+            message=encode_message(message),
+            ttl=self.dedup_ttl_seconds,
+        )
+        seq = await self._thread.call(operation)
+        if seq is None:
+            return False
+        if self._stopping:
+            return True  # kept in the file for the next start
+        if self._turns.handler is None:
+            self._held.append((seq, message))
+        else:
+            self._turns.submit(message)
+        now = time.monotonic()
+        if now - self._purged_at >= PURGE_EVERY_SECONDS:
+            self._purged_at = now
+            await self._thread.call(_purge)
+        return True
+
+    async def start(self, handler: TurnHandler) -> None:
+        rows = await self._thread.call(_kept)
+        last = rows[-1][0] if rows else 0
+        resumed = 0
+        for _, text in rows:
+            message = decode_message(text)
+            if message is None:
+                logger.warning("Skipped a damaged entry of the inbox in %s", self.where)
+                continue
+            self._resumed.add(message.dedup_key)
+            self._turns.submit(message)
+            resumed += 1
+        # Accepted while the inbox was being read, and not in what was read: after it, in order.
+        for _, message in sorted((p for p in self._held if p[0] > last), key=lambda p: p[0]):
+            self._turns.submit(message)
+        self._held.clear()
+        self._turns.handler = handler
+        if resumed:
+            logger.info(
+                "Answering %d message(s) the previous run acknowledged and did not answer",
+                resumed,
+            )
+
+    async def _finish(self, message: InboundMessage) -> None:
+        key = message.dedup_key
+        try:
+            await self._thread.call(partial(_done, key=key))
+        except StateUnavailable as exc:
+            # Still in the inbox: the next start runs it again, skipping the answers it sent.
+            logger.error("Could not mark message %s as answered: %s", message.message_id, exc)
+        self._resumed.discard(key)
+
+    async def stop(self, grace_seconds: float) -> List[InboundMessage]:
+        self._stopping = True
+        if self._turns.handler is None:
+            self._held.clear()
+            return []
+        return await self._turns.stop(grace_seconds)
+
+    async def remember_choices(self, phone: str, choices: List[Choice]) -> None:
+        encoded = _encode_choices(choices)
+        await self._thread.call(partial(_set_choices, phone=phone, choices=encoded))
+
+    async def take_choices(self, phone: str) -> Optional[List[Choice]]:
+        return _decode_choices(await self._thread.call(partial(_take_choices, phone=phone)))
+
+    async def already_sent(self, message_key: str, answer: int) -> bool:
+        if message_key not in self._resumed:
+            return False
+        return bool(await self._thread.call(partial(_is_sent, key=message_key, answer=answer)))
+
+    async def mark_sent(self, message_key: str, answer: int) -> None:
+        await self._thread.call(partial(_mark_sent, key=message_key, answer=answer))
+
+
+__all__ = ["SCHEMA_VERSION", "EmbeddedDelivery", "EmbeddedJournal", "StateFile"]

@@ -1,0 +1,229 @@
+"""The delivery shared by several ``rasa run`` instances through one Redis (``redis_url``).
+
+- *Inbox*: Redis Streams, partitioned by customer and leased per instance
+  (:mod:`zapi_channel.delivery.streams`). The webhook appends before answering; the instance that
+  owns the customer's partition runs the turn and acknowledges the entry afterwards.
+- *Deduplication*, *numbered choices* and *sent markers*: keys with a TTL, so that any instance
+  may receive any webhook, or the answer to another instance's menu.
+- *Failed sends*: one list shared by every instance.
+
+One async client serves all of it. Every entry expires or is removed: Redis stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from zapi_channel.delivery.base import (
+    CHOICES_TTL_SECONDS,
+    FailedSend,
+    TurnHandler,
+    Turns,
+    message_from_record,
+    message_record,
+)
+from zapi_channel.delivery.streams import StreamInbox
+from zapi_channel.errors import StateUnavailable
+from zapi_channel.inbound import InboundMessage
+from zapi_channel.outbound import Choice
+
+logger = logging.getLogger(__name__)
+
+#: Sent markers only matter while a message may still be run again (a takeover, a restart).
+SENT_TTL_SECONDS = 24 * 3600
+
+# Read and delete in one step: two instances must not both map the same "2".
+_TAKE = """
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('DEL', KEYS[1]) end
+return value
+"""
+
+
+def connect(url: str) -> Any:
+    """The one async client every Redis user of a channel shares."""
+    import redis.asyncio as redis_asyncio
+
+    return redis_asyncio.Redis.from_url(url, decode_responses=True)
+
+
+def _unavailable(prefix: str, exc: BaseException) -> StateUnavailable:
+    # Never the URL: it may hold a password.
+    failure = StateUnavailable(
+        f"Redis did not answer ({type(exc).__name__}: {exc})", where=f"Redis ({prefix})"
+    )
+    failure.__cause__ = exc
+    return failure
+
+
+def _redis_errors() -> tuple:  # type: ignore[type-arg]
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
+
+
+class RedisJournal:
+    """The failed-sends journal in a Redis list, shared by every instance of the bot."""
+
+    def __init__(self, client: Any, *, prefix: str = "zapi") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.key = f"{prefix}:failed-sends"
+
+    def __repr__(self) -> str:
+        return f"RedisJournal({self.key!r})"
+
+    @property
+    def where(self) -> str:
+        return f"Redis list {self.key}"
+
+    async def record(
+        self, endpoint: str, body: Mapping[str, Any], error: str, outcome: str
+    ) -> FailedSend:
+        entry = FailedSend.new(endpoint, body, error, outcome)
+        try:
+            await self.redis.rpush(self.key, entry.to_json())
+        except _redis_errors() as exc:
+            raise _unavailable(self.prefix, exc) from exc
+        return entry
+
+    async def entries(self) -> List[FailedSend]:
+        entries: List[FailedSend] = []
+        for line in await self.redis.lrange(self.key, 0, -1):
+            try:
+                entries.append(FailedSend.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return entries
+
+    async def remove(self, ids: Iterable[str]) -> int:
+        doomed = set(ids)
+        removed = 0
+        for line in await self.redis.lrange(self.key, 0, -1):
+            try:
+                entry_id = json.loads(line).get("id")
+            except (ValueError, AttributeError):
+                continue
+            if entry_id in doomed:
+                # LREM of the exact line: safe while other instances append.
+                removed += int(await self.redis.lrem(self.key, 1, line))
+        return removed
+
+    async def aclose(self) -> None:
+        await self.redis.close()
+
+
+class RedisDelivery(RedisJournal):
+    """:class:`~zapi_channel.delivery.base.Delivery` through Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "zapi",
+        partitions: int = 8,
+        lease_seconds: float = 15.0,
+        dedup_ttl_seconds: float = 24 * 3600.0,
+        max_concurrency: int = 8,
+        block_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(client, prefix=prefix)
+        self.dedup_ttl_seconds = int(dedup_ttl_seconds)
+        self.stream = StreamInbox(
+            client,
+            prefix=prefix,
+            partitions=partitions,
+            lease_seconds=lease_seconds,
+            block_seconds=block_seconds,
+        )
+        self._turns = Turns(max_concurrency, self._finish)
+        # Where each running message sits in the streams, to acknowledge it once answered.
+        self._entries: Dict[str, tuple] = {}  # type: ignore[type-arg]
+
+    def __repr__(self) -> str:
+        return f"RedisDelivery(prefix={self.prefix!r})"
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:{kind}:{name}"
+
+    @property
+    def workers(self) -> Any:
+        return self._turns.workers
+
+    @property
+    def pending(self) -> int:
+        return self._turns.workers.pending
+
+    async def accept(self, message: InboundMessage) -> bool:
+        dedup = self._key("dedup", message.dedup_key)
+        try:
+            if not await self.redis.set(dedup, "1", nx=True, ex=self.dedup_ttl_seconds):
+                return False
+            try:
+                await self.stream.append(message.phone, message_record(message))
+            except BaseException:
+                # Not kept: Z-API's next delivery of it must be taken as new.
+                await self.redis.delete(dedup)
+                raise
+        except _redis_errors() as exc:
+            raise _unavailable(self.prefix, exc) from exc
+        return True
+
+    async def start(self, handler: TurnHandler) -> None:
+        self._turns.handler = handler
+        self.stream.start(self._consume)
+
+    async def _consume(self, partition: int, entry_id: str, payload: Dict[str, Any]) -> None:
+        """An entry of the inbox: authenticated, parsed and deduplicated by the webhook already."""
+        message = message_from_record(payload)
+        if message is None:
+            logger.warning("Skipped a damaged entry of the Redis inbox (%s)", entry_id)
+            await self.stream.ack(partition, entry_id)
+            return
+        self._entries[message.dedup_key] = (partition, entry_id)
+        self._turns.submit(message)
+
+    async def _finish(self, message: InboundMessage) -> None:
+        where = self._entries.pop(message.dedup_key, None)
+        if where is None:
+            return
+        partition, entry_id = where
+        try:
+            await self.stream.ack(partition, entry_id)
+        except _redis_errors():
+            # Unacknowledged: the partition's next owner runs it again, skipping what was sent.
+            logger.exception("Could not acknowledge message %s in Redis", message.message_id)
+
+    async def stop(self, grace_seconds: float) -> List[InboundMessage]:
+        await self.stream.stop_reading()
+        unfinished = await self._turns.stop(grace_seconds)
+        for message in unfinished:
+            self._entries.pop(message.dedup_key, None)
+        # Unacknowledged entries stay in Redis for whichever instance owns the partition next.
+        await self.stream.release()
+        return unfinished
+
+    async def remember_choices(self, phone: str, choices: List[Choice]) -> None:
+        value = json.dumps([[choice.title, choice.payload] for choice in choices])
+        await self.redis.set(self._key("choices", phone), value, ex=int(CHOICES_TTL_SECONDS))
+
+    async def take_choices(self, phone: str) -> Optional[List[Choice]]:
+        value = await self.redis.eval(_TAKE, 1, self._key("choices", phone))
+        if not value:
+            return None
+        try:
+            return [Choice(str(title), str(payload)) for title, payload in json.loads(value)]
+        except (ValueError, TypeError):
+            return None
+
+    async def already_sent(self, message_key: str, answer: int) -> bool:
+        return bool(await self.redis.exists(self._key("sent", f"{message_key}:{answer}")))
+
+    async def mark_sent(self, message_key: str, answer: int) -> None:
+        key = self._key("sent", f"{message_key}:{answer}")
+        await self.redis.set(key, "1", ex=SENT_TTL_SECONDS)
+
+
+__all__ = ["SENT_TTL_SECONDS", "RedisDelivery", "RedisJournal", "connect"]

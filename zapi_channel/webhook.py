@@ -1,0 +1,120 @@
+"""The webhook's decision, as pure functions of plain values: no sanic, no I/O.
+
+:func:`authenticate` settles the token, :func:`decide` the rest (size, parse, what the callback
+is, whether the channel is active). What is left for the handler is to keep an accepted message
+(:meth:`zapi_channel.delivery.Delivery.accept`) and to translate a :class:`Reply` into HTTP;
+:func:`after_accept` names the reply to that step's outcome.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple, Union
+from urllib.parse import parse_qs
+
+from zapi_channel.config import ChannelConfig
+from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_body
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The HTTP answer to a webhook, and what to log about it (``(level, message, *args)``)."""
+
+    status: int
+    body: Dict[str, str]
+    log: Optional[Tuple[Any, ...]] = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Accept:
+    """A customer message to keep; the reply depends on whether it could be."""
+
+    message: InboundMessage
+
+
+Decision = Union[Reply, Accept]
+
+MISSING_TOKEN = Reply(401, {"error": "missing token"})
+INVALID_TOKEN = Reply(403, {"error": "invalid token"})
+TOO_LARGE = Reply(413, {"error": "body too large"})
+ACCEPTED = Reply(200, {"status": "accepted"})
+DUPLICATE = Reply(200, {"status": "duplicate"})
+NOT_KEPT = Reply(503, {"error": "could not store the message; send it again"})
+LOGGED = Reply(200, {"status": "logged"})
+
+
+def expected_query(token: str) -> bytes:
+    """The exact query string Z-API calls back with: the URL ``zapi-channel`` gave it."""
+    return f"token={token}".encode()
+
+
+def authenticate(query_string: str, expected: bytes, token: str) -> Optional[Reply]:
+    """None when the request carries our token exactly once, else the refusal.
+
+    Z-API calls back the exact URL it was given, "...?token=<token>": one constant-time compare of
+    the whole query string settles that case without parsing it. Any other shape (more
+    parameters, percent-encoding, a wrong token) takes the full check.
+    """
+    if hmac.compare_digest(query_string.encode(), expected):
+        return None
+    tokens = parse_qs(query_string).get("token", [])
+    if not tokens:
+        return MISSING_TOKEN
+    # Exactly one token: "?token=wrong&token=right" must not pass by picking the good one.
+    given = tokens[0] if len(tokens) == 1 else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return INVALID_TOKEN
+    return None
+
+
+def decide(body: bytes, config: ChannelConfig) -> Decision:
+    """What an authenticated webhook body means: a reply now, or a message to keep."""
+    if len(body) > config.max_body_bytes:
+        return TOO_LARGE
+    parsed = parse_body(body, config)
+    if isinstance(parsed, InboundMessage):
+        if not config.active:
+            return Reply(
+                200,
+                {"status": "inactive"},
+                log=(
+                    logging.INFO,
+                    "The channel is inactive (active: false): dropped message %s",
+                    parsed.message_id,
+                ),
+            )
+        return Accept(parsed)
+    if isinstance(parsed, Invalid):
+        return Reply(400, {"error": parsed.reason})
+    if isinstance(parsed, Ignored):
+        return Reply(
+            200,
+            {"status": "ignored", "reason": parsed.reason},
+            log=(logging.DEBUG, "Ignored a Z-API callback: %s", parsed.reason),
+        )
+    assert isinstance(parsed, Event)
+    return Reply(200, LOGGED.body, log=(parsed.level, "%s: %s", parsed.type, parsed.summary))
+
+
+def after_accept(new: bool) -> Reply:
+    """The reply once the message was kept (``new``) or recognised as already kept."""
+    return ACCEPTED if new else DUPLICATE
+
+
+__all__ = [
+    "ACCEPTED",
+    "DUPLICATE",
+    "INVALID_TOKEN",
+    "MISSING_TOKEN",
+    "NOT_KEPT",
+    "TOO_LARGE",
+    "Accept",
+    "Decision",
+    "Reply",
+    "after_accept",
+    "authenticate",
+    "decide",
+    "expected_query",
+]
