@@ -10,8 +10,8 @@ import pytest
 import rasa.shared.utils.io  # noqa: F401
 
 from tests.conftest import PLACEHOLDERS
-from zapi_channel.credstore import CredentialsFile, read_dotenv
 from zapi_channel.errors import ConfigError
+from zapi_channel.setup.credstore import CredentialsFile, read_dotenv
 
 LITERAL = """\
 # Rasa channels
@@ -91,7 +91,7 @@ def test_a_failed_yaml_write_puts_dotenv_back(
     dotenv = tmp_path / ".env"
     dotenv.write_text("ZAPI_INSTANCE_TOKEN=old\n")
     before = (path.read_bytes(), dotenv.read_bytes())
-    import zapi_channel.credstore as credstore
+    import zapi_channel.setup.credstore as credstore
 
     real = credstore.atomic_write
 

@@ -11,8 +11,8 @@ from tests.conftest import CLIENT_TOKEN, INSTANCE_ID, INSTANCE_TOKEN, PLACEHOLDE
 from zapi_channel import setup
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import ZApiCredentials
-from zapi_channel.credstore import CredentialsFile
 from zapi_channel.errors import ConfigError, InvalidCredentials
+from zapi_channel.setup.credstore import CredentialsFile
 
 
 def factory(credentials: ZApiCredentials) -> ZApiClient:

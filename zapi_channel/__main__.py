@@ -1,6 +1,6 @@
 """``python -m zapi_channel``: the same command line as ``zapi-channel``."""
 
-from zapi_channel.cli import run
+from zapi_channel.setup.cli import run
 
 if __name__ == "__main__":
     run()

@@ -68,6 +68,7 @@ import redis.exceptions
 from rasa.core.lock_store import LOCK_LIFETIME, LockError, LockStore
 from rasa.utils.endpoints import EndpointConfig
 
+from zapi_channel.coerce import as_bool, as_float, as_int, refuse_unknown, text
 from zapi_channel.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -153,46 +154,11 @@ return 0
 """
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+_BLOCK = "lock_store"
 
 
-def _as_int(key: str, value: Any, low: int, high: int) -> int:
-    try:
-        number = int(_text(value))
-    except ValueError:
-        raise ConfigError(f"lock_store '{key}' must be a whole number, not {value!r}") from None
-    if not low <= number <= high:
-        raise ConfigError(f"lock_store '{key}' must be between {low} and {high}, not {number}")
-    return number
-
-
-def _as_seconds(key: str, value: Any) -> float:
-    try:
-        number = float(_text(value))
-    except ValueError:
-        raise ConfigError(
-            f"lock_store '{key}' must be a number of seconds, not {value!r}"
-        ) from None
-    if not number > 0:
-        raise ConfigError(f"lock_store '{key}' must be more than 0 seconds, not {number}")
-    return number
-
-
-def _as_bool(key: str, value: Any) -> bool:
-    # ``${REDIS_SSL}`` placeholders arrive as strings.
-    if isinstance(value, bool):
-        return value
-    text = _text(value).lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off", ""):
-        return False
-    raise ConfigError(f"lock_store '{key}' must be true or false, not {value!r}")
-
-
-def _optional_text(value: Any) -> Optional[str]:
-    return _text(value) or None
+def _seconds(key: str, value: Any) -> float:
+    return as_float(key, value, positive=True, block=_BLOCK)
 
 
 def redacted_url(url: str) -> str:
@@ -277,38 +243,32 @@ class RedisLockSettings:
         ``url`` is Rasa's name for the host; a ``url`` with a scheme is taken as ``redis_url``.
         Unknown keys are refused, so that a misspelt ``lock_lifetime`` does not go unnoticed.
         """
-        unknown = sorted(set(data) - _KNOWN_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"Unknown lock_store setting(s): {', '.join(unknown)}. "
-                f"Known: {', '.join(sorted(_KNOWN_KEYS))}"
-            )
+        refuse_unknown(data, _KNOWN_KEYS, block="the lock_store block of endpoints.yml")
         values: Dict[str, Any] = {}
-        url = _text(data.get("url"))
+        url = text(data.get("url"))
         if url.startswith(_URL_SCHEMES):
             values["redis_url"] = url
         elif url:
             values["host"] = url
         for key, value in data.items():
-            if value is None or key == "url" or (key == "host" and not _text(value)):
+            # An unset ${VAR} (an empty string) means the default.
+            if value is None or key == "url" or (key != "password" and not text(value)):
                 continue
             if key == "port":
-                values[key] = _as_int(key, value, 1, 65535)
+                values[key] = as_int(key, value, 1, 65535, block=_BLOCK)
             elif key == "db":
-                values[key] = _as_int(key, value, 0, 1_000_000)
+                values[key] = as_int(key, value, 0, 1_000_000, block=_BLOCK)
             elif key == "use_ssl":
-                values[key] = _as_bool(key, value)
+                values[key] = as_bool(key, value, block=_BLOCK)
             elif key in _SECONDS_KEYS:
-                values[key] = _as_seconds(key, value)
+                values[key] = _seconds(key, value)
             elif key == "password":
                 # A password may legitimately start or end with spaces: taken as given. An empty
                 # one (an unset ``${REDIS_PASSWORD}``) means none.
                 if str(value):
                     values[key] = str(value)
             else:
-                text = _optional_text(value)
-                if text is not None:
-                    values[key] = text
+                values[key] = text(value)
         return cls(**values)
 
 

@@ -2,10 +2,10 @@
 
 Connect, webhook URL, verify, rotate, disconnect.
 
-Each step is a small async function over a :class:`~zapi_channel.credstore.CredentialsFile` and a
-client factory (so tests and the CLI share the same code). The rule that matters: credentials are
-validated against Z-API *before* anything is written, so a failed step leaves the files byte for
-byte as they were.
+Each step is a small async function over a
+:class:`~zapi_channel.setup.credstore.CredentialsFile` and a client factory (so tests and the CLI
+share the same code). The rule that matters: credentials are validated against Z-API *before*
+anything is written, so a failed step leaves the files byte for byte as they were.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from zapi_channel.client import InstanceStatus, ZApiClient
 from zapi_channel.config import CREDENTIAL_KEYS, DEFAULT_BASE_URL, ZApiCredentials, clean
-from zapi_channel.credstore import CredentialsFile
 from zapi_channel.errors import ConfigError, ZApiResponseError
+from zapi_channel.setup.credstore import CredentialsFile
 
 #: The route of the webhook, relative to the public URL of ``rasa run``.
 WEBHOOK_PATH = "/webhooks/zapi/webhook"

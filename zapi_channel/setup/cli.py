@@ -25,7 +25,6 @@ from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, Tex
 from zapi_channel import setup
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import DEFAULT_STATE_PATH, ZApiCredentials, clean
-from zapi_channel.credstore import CredentialsFile
 from zapi_channel.delivery import UNKNOWN, Journal, open_journal
 from zapi_channel.errors import (
     ConfigError,
@@ -34,6 +33,7 @@ from zapi_channel.errors import (
     TransportError,
     ZApiError,
 )
+from zapi_channel.setup.credstore import CredentialsFile
 
 EXIT_OK = 0
 EXIT_ZAPI_ERROR = 1
