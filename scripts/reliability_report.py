@@ -1,7 +1,9 @@
 """Write docs/reliability.md from the end-to-end reliability scenarios (``make reliability``).
 
-Runs the scenarios that inject duplicates and faults into real processes (a restart under
-SIGTERM, two instances behind duplicated delivery, one instance SIGKILLed, Z-API failing sends),
+Runs the scenarios that inject duplicates and faults into real processes (a single instance
+stopped with SIGTERM or killed with SIGKILL and restarted, Z-API redelivering after the restart, a
+full disk under the state file, two instances behind duplicated delivery, one of two instances
+SIGKILLed, Z-API failing sends),
 collects the figures each one records, and writes them as a table. The same scenarios run as
 ordinary tests in ``make test``; this script only adds the figures.
 """
@@ -59,9 +61,11 @@ def main() -> int:
         "Written by `make reliability` (`scripts/reliability_report.py`) on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} cores. Each row is an end-to-end test that starts real processes: "
-        "the Z-API emulator, the action server, and one or two `rasa run` with the demo model "
-        "(the two-instance rows share Redis: tracker store, our atomic lock store, and the "
-        "channel's `redis_url` state and inbox). Answers are counted from what the emulator "
+        "the Z-API emulator, the action server, and one or two `rasa run` with the demo model. "
+        "Single-instance rows use no Redis: the channel keeps its inbox, deduplication keys and "
+        "sent markers in its SQLite state file (`state_path`). The two-instance rows share "
+        "Redis: tracker store, our atomic lock store, and the channel's `redis_url` state and "
+        "inbox. Answers are counted from what the emulator "
         "recorded, per customer and in order. The same tests run in `make test` and fail on any "
         "lost, duplicated or out-of-order answer.",
         "",
@@ -80,10 +84,20 @@ def main() -> int:
         "",
         "- *Duplicates*: the same `instanceId` + `messageId` posted again (to the same or the "
         "other instance); the channel deduplicates before queueing.",
-        "- *SIGTERM*: `shutdown_grace_seconds: 0`, so every message not answered yet is kept in "
-        "the pending inbox and answered by the next start.",
-        "- *SIGKILL*: the killed instance's inbox partitions are taken over when their lease "
-        "expires; sent markers keep a re-run turn from repeating answers already sent.",
+        "- *SIGTERM*: `shutdown_grace_seconds: 0`, so every message not answered yet stays in "
+        "the state file and is answered by the next start.",
+        "- *SIGKILL, single instance*: each webhook answered 200 only after its message was "
+        "committed to the state file, so the next start answers whatever the killed process had "
+        "not; sent markers keep a re-run turn from repeating answers already sent. Only a send on "
+        "the wire at the kill can reach the customer twice (at most one per running turn, "
+        "`max_concurrency`).",
+        "- *Restart inside the redelivery window*: deduplication keys live in the state file "
+        "(`dedup_ttl_seconds`, a day by default), so Z-API's redeliveries after a restart are "
+        "recognised.",
+        "- *Disk full*: the webhook answers 503, so Z-API sends the message again, and logs one "
+        "ERROR naming the file; once there is room, the resent message is kept and answered.",
+        "- *SIGKILL, two instances*: the killed instance's inbox partitions are taken over when "
+        "their lease expires; sent markers keep a re-run turn from repeating answers.",
         "- *HTTP 503*: the send is retried with exponential backoff and jitter.",
         "",
     ]
