@@ -148,9 +148,11 @@ def build_channel(args: argparse.Namespace) -> Optional[InputChannel]:
                     "webhook_token": args.webhook_token,
                     # Without an emulator nothing is sent (the no-op agent never answers).
                     "base_url": args.emulator_url or "http://127.0.0.1:9",
-                    # Both files are written only when something goes wrong (a send Z-API did not
-                    # take, turns still queued at shutdown): never into the work tree.
+                    # Never into the work tree.
                     "state_path": args.state_dir + "/zapi-channel.db",
+                    # Set: the Redis delivery instead of the SQLite file.
+                    "redis_url": args.redis_url,
+                    "redis_prefix": args.redis_prefix,
                 }
             )
         )
@@ -198,8 +200,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--state-dir",
         default=tempfile.gettempdir(),
-        help="where our channel may write its journal and inbox",
+        help="where our channel keeps its state file",
     )
+    parser.add_argument("--redis-url", default="", help="our channel with redis_url")
+    parser.add_argument("--redis-prefix", default="")
     parser.add_argument("--twilio-api", choices=("closed", "blackhole"), default="closed")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)

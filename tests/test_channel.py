@@ -371,7 +371,9 @@ def test_from_credentials_builds_the_config() -> None:
 
 def inbox_rows(path: Path) -> int:
     with closing(sqlite3.connect(path)) as db:
-        count: int = db.execute("SELECT count(*) FROM inbox").fetchone()[0]
+        count: int = db.execute(
+            "SELECT count(*) FROM messages WHERE message IS NOT NULL"
+        ).fetchone()[0]
         return count
 
 

@@ -109,7 +109,9 @@ class Rig:
     def kept(self) -> int:
         """Messages in the state file's inbox: acknowledged and not answered yet."""
         with closing(sqlite3.connect(self.state)) as db:
-            count: int = db.execute("SELECT count(*) FROM inbox").fetchone()[0]
+            count: int = db.execute(
+                "SELECT count(*) FROM messages WHERE message IS NOT NULL"
+            ).fetchone()[0]
             return count
 
 

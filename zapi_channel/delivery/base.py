@@ -195,8 +195,12 @@ def message_from_record(data: Any) -> Optional[InboundMessage]:
         return None
 
 
+#: Built once: ``json.dumps`` with options builds an encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def encode_message(message: InboundMessage) -> str:
-    return json.dumps(message_record(message), ensure_ascii=False)
+    return _ENCODER.encode(message_record(message))
 
 
 def decode_message(text: Any) -> Optional[InboundMessage]:

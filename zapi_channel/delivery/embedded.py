@@ -1,10 +1,11 @@
 """The default delivery: everything in one SQLite file (``state_path``), no other service.
 
-The webhook's message is committed to the file's inbox, together with its deduplication key,
-before Z-API gets its 200; the commit reaches the disk (WAL, ``synchronous=FULL``), so a message
-acknowledged to Z-API survives ``kill -9``, an OOM kill and a power cut. It leaves the inbox when
-its turn is over. On start, whatever is still there is answered first, in order, per customer; the
-sent markers make a turn cut short skip the answers that already went out.
+The webhook's message is committed to the file's inbox, which is also where message ids are
+remembered for deduplication, before Z-API gets its 200. The commit reaches the disk (WAL,
+``synchronous=FULL``), so a message acknowledged to Z-API survives ``kill -9``, an OOM kill and a
+power cut. It leaves the inbox when its turn is over. On start, whatever is still there is
+answered first, in order, per customer; the sent markers make a turn cut short skip the answers
+that already went out.
 
 One process consumes a file. The first takes an exclusive ``flock`` on it for as long as it runs,
 and a second ``rasa run`` on the same file refuses to start, naming the first one's pid (the
@@ -27,7 +28,7 @@ import sqlite3
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from zapi_channel.delivery.base import (
     CHOICES_TTL_SECONDS,
@@ -49,13 +50,14 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER, since REAL);
-CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedup_expires ON dedup (expires);
-CREATE TABLE IF NOT EXISTS inbox (
+-- One row per message id seen: the inbox and the deduplication keys in one table, so that
+-- keeping a message is one statement and answering it another. ``message`` is the parsed
+-- message while it waits for its turn, NULL once answered; the row stays until ``expires``.
+CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
-    message TEXT NOT NULL,
-    accepted_at REAL NOT NULL
+    message TEXT,
+    expires REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sent (
     key TEXT NOT NULL, answer INTEGER NOT NULL, PRIMARY KEY (key, answer)
@@ -207,41 +209,41 @@ def _claim(connection: sqlite3.Connection) -> None:
     connection.execute(
         "INSERT OR REPLACE INTO owner (id, pid, since) VALUES (1, ?, ?)", (os.getpid(), time.time())
     )
-    # Markers are only read for messages still in the inbox.
-    connection.execute("DELETE FROM sent WHERE key NOT IN (SELECT key FROM inbox)")
     _purge(connection)
 
 
 def _purge(connection: sqlite3.Connection) -> None:
     now = time.time()
-    connection.execute("DELETE FROM dedup WHERE expires <= ?", (now,))
+    # A message still waiting is kept whatever its age.
+    connection.execute("DELETE FROM messages WHERE expires <= ? AND message IS NULL", (now,))
     connection.execute("DELETE FROM choices WHERE expires <= ?", (now,))
+    # Markers are only read for messages still waiting, so the others go here rather than with
+    # one more query per answered message.
+    connection.execute(
+        "DELETE FROM sent WHERE key NOT IN (SELECT key FROM messages WHERE message IS NOT NULL)"
+    )
 
 
 def _accept(connection: sqlite3.Connection, key: str, message: str, ttl: float) -> Optional[int]:
-    now = time.time()
-    # A key whose window is over counts as new again (and gets a new window).
-    seen = connection.execute(
-        "INSERT INTO dedup (key, expires) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
-        "SET expires = excluded.expires WHERE dedup.expires <= ?",
-        (key, now + ttl, now),
-    )
-    if seen.rowcount == 0:
-        return None
+    """The new message's place in the inbox, or None if its id was seen within the window."""
     kept = connection.execute(
-        "INSERT OR IGNORE INTO inbox (key, message, accepted_at) VALUES (?, ?, ?)",
-        (key, message, now),
+        "INSERT OR IGNORE INTO messages (key, message, expires) VALUES (?, ?, ?)",
+        (key, message, time.time() + ttl),
     )
     return kept.lastrowid if kept.rowcount else None
 
 
 def _kept(connection: sqlite3.Connection) -> List[Tuple[int, str]]:
-    return list(connection.execute("SELECT seq, message FROM inbox ORDER BY seq"))
+    return list(
+        connection.execute(
+            "SELECT seq, message FROM messages WHERE message IS NOT NULL ORDER BY seq"
+        )
+    )
 
 
-def _done(connection: sqlite3.Connection, key: str) -> None:
-    connection.execute("DELETE FROM inbox WHERE key = ?", (key,))
-    connection.execute("DELETE FROM sent WHERE key = ?", (key,))
+def _done(connection: sqlite3.Connection, seq: int) -> None:
+    # The row stays, without the message, as the deduplication key.
+    connection.execute("UPDATE messages SET message = NULL WHERE seq = ?", (seq,))
 
 
 def _is_sent(connection: sqlite3.Connection, key: str, answer: int) -> bool:
@@ -266,6 +268,10 @@ def _take_choices(connection: sqlite3.Connection, phone: str) -> Optional[str]:
     ).fetchone()
     connection.execute("DELETE FROM choices WHERE phone = ?", (phone,))
     return str(row[0]) if row else None
+
+
+def _phones_with_choices(connection: sqlite3.Connection) -> List[str]:
+    return [row[0] for row in connection.execute("SELECT phone FROM choices")]
 
 
 def _record(connection: sqlite3.Connection, entry: FailedSend) -> None:
@@ -363,7 +369,10 @@ class EmbeddedDelivery(EmbeddedJournal):
         self._stopping = False
         # Keys of the messages an earlier run left: only their sent markers can exist.
         self._resumed: Set[str] = set()
+        # Where each message not answered yet sits in the inbox (its row id).
+        self._seqs: Dict[str, int] = {}
         self._purged_at = time.monotonic()
+        self._with_choices: Set[str] = set(self._thread.run(_phones_with_choices))
 
     def __repr__(self) -> str:
         return f"EmbeddedDelivery({self.where!r})"
@@ -386,6 +395,7 @@ class EmbeddedDelivery(EmbeddedJournal):
         seq = await self._thread.call(operation)
         if seq is None:
             return False
+        self._seqs[message.dedup_key] = seq
         if self._stopping:
             return True  # kept in the file for the next start
         if self._turns.handler is None:
@@ -395,19 +405,21 @@ class EmbeddedDelivery(EmbeddedJournal):
         now = time.monotonic()
         if now - self._purged_at >= PURGE_EVERY_SECONDS:
             self._purged_at = now
-            await self._thread.call(_purge)
+            self._thread.submit(_purge, what="purge expired state")
         return True
 
     async def start(self, handler: TurnHandler) -> None:
         rows = await self._thread.call(_kept)
         last = rows[-1][0] if rows else 0
         resumed = 0
-        for _, text in rows:
+        for seq, text in rows:
             message = decode_message(text)
             if message is None:
                 logger.warning("Skipped a damaged entry of the inbox in %s", self.where)
+                self._thread.submit(partial(_done, seq=seq), what="drop a damaged inbox entry")
                 continue
             self._resumed.add(message.dedup_key)
+            self._seqs[message.dedup_key] = seq
             self._turns.submit(message)
             resumed += 1
         # Accepted while the inbox was being read, and not in what was read: after it, in order.
@@ -422,12 +434,13 @@ class EmbeddedDelivery(EmbeddedJournal):
             )
 
     async def _finish(self, message: InboundMessage) -> None:
+        # Not awaited: the next turn need not wait for this commit. Queued after the turn's sent
+        # markers, it commits after them; if it never does, the next start runs the turn again,
+        # skipping the answers it sent.
         key = message.dedup_key
-        try:
-            await self._thread.call(partial(_done, key=key))
-        except StateUnavailable as exc:
-            # Still in the inbox: the next start runs it again, skipping the answers it sent.
-            logger.error("Could not mark message %s as answered: %s", message.message_id, exc)
+        seq = self._seqs.pop(key, None)
+        if seq is not None:
+            self._thread.submit(partial(_done, seq=seq), what=f"mark message {key} as answered")
         self._resumed.discard(key)
 
     async def stop(self, grace_seconds: float) -> List[InboundMessage]:
@@ -440,8 +453,14 @@ class EmbeddedDelivery(EmbeddedJournal):
     async def remember_choices(self, phone: str, choices: List[Choice]) -> None:
         encoded = _encode_choices(choices)
         await self._thread.call(partial(_set_choices, phone=phone, choices=encoded))
+        self._with_choices.add(phone)
 
     async def take_choices(self, phone: str) -> Optional[List[Choice]]:
+        # Every turn asks; few customers were offered a menu. This process is the file's only
+        # writer, so the set of those who were is exact, and the others cost no query.
+        if phone not in self._with_choices:
+            return None
+        self._with_choices.discard(phone)
         return _decode_choices(await self._thread.call(partial(_take_choices, phone=phone)))
 
     async def already_sent(self, message_key: str, answer: int) -> bool:
@@ -450,7 +469,12 @@ class EmbeddedDelivery(EmbeddedJournal):
         return bool(await self._thread.call(partial(_is_sent, key=message_key, answer=answer)))
 
     async def mark_sent(self, message_key: str, answer: int) -> None:
-        await self._thread.call(partial(_mark_sent, key=message_key, answer=answer))
+        # Not awaited either: only a crash within the next commit could repeat this answer, the
+        # same window as a send on the wire.
+        self._thread.submit(
+            partial(_mark_sent, key=message_key, answer=answer),
+            what=f"note answer {answer} to {message_key} as sent",
+        )
 
 
 __all__ = ["SCHEMA_VERSION", "EmbeddedDelivery", "EmbeddedJournal", "StateFile"]

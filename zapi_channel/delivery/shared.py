@@ -157,19 +157,15 @@ class RedisDelivery(RedisJournal):
         return self._turns.workers.pending
 
     async def accept(self, message: InboundMessage) -> bool:
-        dedup = self._key("dedup", message.dedup_key)
         try:
-            if not await self.redis.set(dedup, "1", nx=True, ex=self.dedup_ttl_seconds):
-                return False
-            try:
-                await self.stream.append(message.phone, message_record(message))
-            except BaseException:
-                # Not kept: Z-API's next delivery of it must be taken as new.
-                await self.redis.delete(dedup)
-                raise
+            return await self.stream.append_once(
+                message.phone,
+                message_record(message),
+                self._key("dedup", message.dedup_key),
+                self.dedup_ttl_seconds,
+            )
         except _redis_errors() as exc:
             raise _unavailable(self.prefix, exc) from exc
-        return True
 
     async def start(self, handler: TurnHandler) -> None:
         self._turns.handler = handler

@@ -4,7 +4,8 @@ sqlite3 blocks, and a commit that reaches the disk (``synchronous=FULL``) takes 
 millisecond: run on the event loop, it would stall every other webhook. So every operation is a
 function of the connection, queued to one thread. The thread runs whatever is queued together in
 one transaction and one commit (group commit), so a burst of webhooks costs one disk flush, not
-one each; each operation still runs inside its own savepoint, and a bug in one fails that one only.
+one each. An operation that raises (a bug, not the file) has its batch rolled back and run again
+one operation per transaction, so that it fails alone.
 
 Failures of the file itself (disk full, read-only, I/O errors) fail every operation of the batch
 with :class:`~zapi_channel.errors.StateUnavailable`, and nothing of that batch is kept.
@@ -26,7 +27,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
-_Sink = Union["asyncio.Future[Any]", "concurrent.futures.Future[Any]"]
+#: Where an operation's result goes: an awaiting coroutine, a blocked thread, or (a ``str``
+#: naming what it did) nowhere but the log if it fails.
+_Sink = Union["asyncio.Future[Any]", "concurrent.futures.Future[Any]", str]
+_Item = Tuple[Operation, _Sink]
 
 #: Operations that share one commit at most: a bound on how long one batch holds the others.
 MAX_BATCH = 512
@@ -41,7 +45,11 @@ class SqliteThread:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], *, where: str) -> None:
         self.where = where
-        self._queue: queue.SimpleQueue[Optional[Tuple[Operation, _Sink]]] = queue.SimpleQueue()
+        # Lists of operations; None stops the thread.
+        self._queue: queue.SimpleQueue[Optional[List[_Item]]] = queue.SimpleQueue()
+        # What the event loop queued in its current iteration, handed over in one piece: one
+        # wake-up of the thread per loop iteration rather than one per webhook.
+        self._pending: List[_Item] = []
         self._ready = threading.Event()
         self._error: Optional[BaseException] = None
         self._closed = False
@@ -63,22 +71,46 @@ class SqliteThread:
         """Run ``operation`` in the thread, inside the next commit; its result once committed."""
         if self._closed:
             raise StateUnavailable(f"{self.where} is closed", where=self.where)
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put((operation, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._enqueue(loop, (operation, future))
         return await future
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, item: _Item) -> None:
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append(item)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._queue.put(batch)
+
+    def submit(self, operation: Operation, *, what: str) -> None:
+        """Queue ``operation`` without waiting for it: it commits with the next batch.
+
+        Operations run in the order they are queued, so one submitted before a later
+        :meth:`call` is committed by the time that call returns. A failure is logged (``what``
+        says what was lost).
+        """
+        if self._closed:
+            logger.error("Could not %s: %s is closed", what, self.where)
+            return
+        self._enqueue(asyncio.get_running_loop(), (operation, what))
 
     def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """:meth:`call` for code that has no event loop (start-up, the command line)."""
         if self._closed:
             raise StateUnavailable(f"{self.where} is closed", where=self.where)
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((operation, future))
+        self._queue.put([(operation, future)])
         return future.result()
 
     def close(self) -> None:
         """Finish what is queued, then close the connection and end the thread."""
         if not self._closed:
             self._closed = True
+            self._flush()  # a loop iteration's last operations are not left behind
             self._queue.put(None)
         self._thread.join()
 
@@ -97,17 +129,17 @@ class SqliteThread:
                 first = self._queue.get()
                 if first is None:
                     break
-                batch = [first]
+                batch = list(first)
                 stop = False
                 while len(batch) < MAX_BATCH:
                     try:
-                        item = self._queue.get_nowait()
+                        more = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is None:
+                    if more is None:
                         stop = True
                         break
-                    batch.append(item)
+                    batch.extend(more)
                 self._settle(self._execute(connection, batch))
                 if stop:
                     break
@@ -117,12 +149,12 @@ class SqliteThread:
             leftovers: List[Tuple[_Sink, bool, Any]] = []
             while True:
                 try:
-                    item = self._queue.get_nowait()
+                    items = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not None:
+                for _, sink in items or []:
                     closed = StateUnavailable(f"{self.where} is closed", where=self.where)
-                    leftovers.append((item[1], False, closed))
+                    leftovers.append((sink, False, closed))
             self._settle(leftovers)
 
     def _execute(
@@ -132,18 +164,19 @@ class SqliteThread:
         try:
             connection.execute("BEGIN IMMEDIATE")
             for operation, sink in batch:
-                connection.execute("SAVEPOINT op")
                 try:
                     result = operation(connection)
                 except sqlite3.OperationalError:
                     # The file itself failed (full, read-only, I/O): the whole batch goes.
                     raise
-                except Exception as exc:  # noqa: BLE001 - this operation's own failure, kept for it
-                    connection.execute("ROLLBACK TO op")
-                    connection.execute("RELEASE op")
-                    outcomes.append((sink, False, exc))
-                    continue
-                connection.execute("RELEASE op")
+                except Exception as exc:  # noqa: BLE001 - one operation's own failure
+                    connection.execute("ROLLBACK")
+                    if len(batch) == 1:
+                        return [(sink, False, exc)]
+                    # Which one, and only that one, fails: each again on its own.
+                    return [
+                        outcome for one in batch for outcome in self._execute(connection, [one])
+                    ]
                 outcomes.append((sink, True, result))
             connection.execute("COMMIT")
             self.commits += 1
@@ -162,7 +195,10 @@ class SqliteThread:
         # One wake-up of each event loop per batch, not one per operation.
         by_loop: Dict[asyncio.AbstractEventLoop, List[Tuple[asyncio.Future[Any], bool, Any]]] = {}
         for sink, ok, value in outcomes:
-            if isinstance(sink, concurrent.futures.Future):
+            if isinstance(sink, str):
+                if not ok:
+                    logger.error("Could not %s: %s", sink, value)
+            elif isinstance(sink, concurrent.futures.Future):
                 if ok:
                     sink.set_result(value)
                 else:

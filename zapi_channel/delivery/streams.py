@@ -45,6 +45,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Deduplicate and append in one step: a key set without its entry (or the reverse) cannot happen.
+_APPEND_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[2], '*', 'payload', ARGV[2])
+  return 1
+end
+return 0
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -108,6 +116,23 @@ class StreamInbox:
         )
         return entry
 
+    async def append_once(
+        self, phone: str, payload: Mapping[str, Any], dedup_key: str, ttl_seconds: int
+    ) -> bool:
+        """:meth:`append` unless ``dedup_key`` is set; sets it. One atomic round trip.
+
+        False when the key was already there (a duplicate): nothing is appended.
+        """
+        added = await self.redis.eval(
+            _APPEND_ONCE,
+            2,
+            dedup_key,
+            self.stream_key(self.partition_of(phone)),
+            ttl_seconds,
+            json.dumps(payload, ensure_ascii=False),
+        )
+        return bool(added)
+
     # -- consuming ----------------------------------------------------------------------------
 
     def start(self, handler: Handler) -> None:
@@ -117,8 +142,11 @@ class StreamInbox:
     async def ack(self, partition: int, entry_id: str) -> None:
         key = self.stream_key(partition)
         try:
-            await self.redis.xack(key, GROUP, entry_id)
-            await self.redis.xdel(key, entry_id)
+            # One round trip for both.
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(key, GROUP, entry_id)
+            pipe.xdel(key, entry_id)
+            await pipe.execute()
         finally:
             self._in_flight[partition] = max(0, self._in_flight.get(partition, 0) - 1)
 
