@@ -41,7 +41,11 @@ def received_callback(
 
 def received_template(text: str = "hi") -> str:
     """A ReceivedCallback with wrk's placeholders for the message id and the phone."""
-    return json.dumps(received_callback(wrk.PHONE, wrk.MESSAGE_ID, text, momment=1_700_000_000))
+    payload = received_callback(wrk.PHONE, wrk.MESSAGE_ID, text, momment=1_700_000_000)
+    # wrk fills in the phone and the id only: one made-up LID for every request would link all
+    # of them into one customer's conversation.
+    payload["senderLid"] = payload["chatLid"] = None
+    return json.dumps(payload)
 
 
 def rest_body(sender: str, text: str, metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

@@ -224,7 +224,7 @@ async def test_different_senders_do_not_wait_for_each_other(
     harness.agent.delays = {"slow": 0.3}
     await harness.post(with_id(base, "A1", "slow"))
     other = with_id(base, "B1", "fast")
-    other["phone"] = "5511888888888"
+    other.update(phone="5511888888888", chatLid=None, senderLid=None)
     await harness.post(other)
     await harness.settle()
     assert [m.text for m in harness.agent.messages] == ["fast", "slow"]

@@ -120,7 +120,7 @@ def test_a_key_nothing_resembles_is_named_with_every_known_key() -> None:
         ChannelConfig.from_mapping(channel_block(colour="blue"))
     message = str(refused.value)
     assert "'colour'" in message and "did you mean" not in message
-    assert "state_path" in message and "handoff" not in message
+    assert "state_path" in message and "lock_lifetime" not in message
 
 
 @pytest.mark.parametrize("old", ["pending_inbox_path", "failed_sends_path"])

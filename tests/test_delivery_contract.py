@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, List
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 import pytest
 
@@ -26,7 +27,9 @@ MENU = [Choice("A picture", "/ask_image"), Choice("A document", "/ask_document")
 Make = Callable[..., Delivery]
 
 
-def message(n: int, phone: str = "5511999990000", text: str = "") -> InboundMessage:
+def message(
+    n: int, phone: str = "5511999990000", text: str = "", lid: Optional[str] = None
+) -> InboundMessage:
     return InboundMessage(
         instance_id="INSTANCE",
         message_id=f"MSG{n}",
@@ -35,6 +38,8 @@ def message(n: int, phone: str = "5511999990000", text: str = "") -> InboundMess
         kind="text",
         metadata={"sender_name": "Ana", "n": n},
         raw={},
+        lid=lid or (phone if phone.endswith("@lid") else None),
+        number=phone if phone.isdigit() else None,
     )
 
 
@@ -125,8 +130,15 @@ async def test_the_parsed_message_comes_back_whole(make: Make) -> None:
     sent = message(7, text="olá 😀")
     await delivery.accept(sent)
     await until(lambda: bool(got))
-    assert got == [sent]
-    assert got[0].metadata == {"sender_name": "Ana", "n": 7}
+    [back] = got
+    assert (back.message_id, back.phone, back.text, back.kind) == (
+        "MSG7",
+        sent.phone,
+        "olá 😀",
+        "text",
+    )
+    assert back.conversation == sent.phone
+    assert {k: back.metadata[k] for k in ("sender_name", "n")} == {"sender_name": "Ana", "n": 7}
 
 
 async def test_an_unfinished_turn_runs_again_after_a_restart_and_knows_what_it_sent(
@@ -250,3 +262,75 @@ async def test_many_customers_at_once_each_in_order(make: Make) -> None:
     await until(lambda: sum(map(len, seen.values())) == 200)
     for phone, numbers in seen.items():
         assert numbers == sorted(numbers), phone
+
+
+NUMBER, LID = "5544999990001", "81896604190001@lid"
+
+
+async def conversations_of(delivery: Delivery, *messages: InboundMessage) -> List[InboundMessage]:
+    got: List[InboundMessage] = []
+
+    async def keep(m: InboundMessage) -> None:
+        got.append(m)
+
+    await delivery.start(keep)
+    for one in messages:
+        assert await delivery.accept(one)
+    await until(lambda: len(got) == len(messages))
+    return got
+
+
+async def test_a_customer_seen_as_a_number_then_as_a_lid_is_one_conversation(make: Make) -> None:
+    first, second = await conversations_of(make(), message(1, NUMBER, lid=LID), message(2, LID))
+    assert first.conversation == second.conversation == NUMBER
+    # Answers go where the message came from; both forms are known from then on.
+    assert second.phone == LID
+    assert (second.metadata["lid"], second.metadata["phone_number"]) == (LID, NUMBER)
+
+
+async def test_a_customer_seen_as_a_lid_then_as_a_number_is_one_conversation(make: Make) -> None:
+    first, second, third = await conversations_of(
+        make(), message(1, LID), message(2, NUMBER, lid=LID), message(3, NUMBER)
+    )
+    assert first.conversation == second.conversation == third.conversation == LID
+    assert third.metadata["lid"] == LID
+
+
+async def test_conversations_begun_before_their_link_keep_the_older_one(make: Make) -> None:
+    delivery = make()
+    got = await conversations_of(
+        delivery, message(1, NUMBER), message(2, LID), message(3, NUMBER, lid=LID), message(4, LID)
+    )
+    assert [m.conversation for m in got] == [NUMBER, LID, NUMBER, NUMBER]
+    assert await delivery.find_conversation(LID) == NUMBER
+
+
+async def test_groups_are_their_own_conversation(make: Make) -> None:
+    group = message(1, "120363019502650977-group")
+    group.metadata["is_group"] = True
+    [got] = await conversations_of(make(), group)
+    assert got.conversation == "120363019502650977-group"
+
+
+async def test_a_handoff_lasts_until_its_time_or_a_hand_back(make: Make) -> None:
+    delivery = make()
+    assert await delivery.handoff(NUMBER) is None
+    later = time.time() + 600
+    await delivery.pause(NUMBER, later)
+    assert await delivery.handoff(NUMBER) == pytest.approx(later)
+    assert [c for c, _ in await delivery.handoffs()] == [NUMBER]
+    assert await delivery.hand_back(NUMBER) is True
+    assert await delivery.handoff(NUMBER) == 0
+    assert await delivery.handoffs() == []
+    assert await delivery.hand_back(NUMBER) is False
+    await delivery.end_handoff(NUMBER)
+    assert await delivery.handoff(NUMBER) is None
+
+
+async def test_our_sends_are_remembered_by_message_id(make: Make) -> None:
+    delivery = make()
+    record = {"endpoint": "send-text", "phone": NUMBER, "body": {"message": "oi"}}
+    await delivery.remember_outgoing("3EB0OURS", record)
+    await delivery.accept(message(1))  # anything queued before it is committed by now
+    assert await delivery.outgoing("3EB0OURS") == record
+    assert await delivery.outgoing("3EB0THEIRS") is None

@@ -28,6 +28,7 @@ from sanic.response import HTTPResponse
 
 from zapi_channel.client import ZApiClient
 from zapi_channel.config import ChannelConfig
+from zapi_channel.conversations import Conversations, NoConversations, RasaConversations
 from zapi_channel.delivery import FAILED, UNKNOWN, Delivery, open_delivery
 from zapi_channel.errors import StateUnavailable, TransportError, ZApiError
 from zapi_channel.inbound import InboundMessage
@@ -77,10 +78,16 @@ class ZApiOutput(OutputChannel):
         *,
         message_key: Optional[str] = None,
         in_flight: Optional[Set[asyncio.Task[bool]]] = None,
+        conversation: Optional[str] = None,
+        reply_to: Optional[str] = None,
     ) -> None:
         self.client = client
         self.config = config
         self.delivery = delivery
+        # Rasa addresses answers to the conversation (sender_id); WhatsApp takes them at the
+        # phone the customer's message came from, exactly as Z-API sent it.
+        self._conversation = conversation
+        self._reply_to = reply_to
         # The message this turn answers ("<instance>:<messageId>"): its answers are numbered, so
         # that a turn run again after a crash skips the ones that already went out.
         self._message_key = message_key
@@ -90,8 +97,13 @@ class ZApiOutput(OutputChannel):
     def __repr__(self) -> str:
         return f"ZApiOutput({self.client.credentials!r})"
 
+    def _address(self, recipient_id: str) -> str:
+        if self._reply_to and recipient_id == self._conversation:
+            return self._reply_to
+        return recipient_id
+
     async def _deliver(self, recipient_id: str, endpoint: str, body: Dict[str, Any]) -> bool:
-        request = {"phone": recipient_id, **body}
+        request = {"phone": self._address(recipient_id), **body}
         self._answers += 1
         key = self._message_key
         if key is not None and await self.delivery.already_sent(key, self._answers):
@@ -112,7 +124,7 @@ class ZApiOutput(OutputChannel):
         self, recipient_id: str, endpoint: str, request: Dict[str, Any], answer: int
     ) -> bool:
         try:
-            await self.client.send(endpoint, request)
+            result = await self.client.send(endpoint, request)
         except Exception as exc:
             # Whatever went wrong, raising would abort Rasa's turn and lose the tracker update.
             if not isinstance(exc, ZApiError):
@@ -122,6 +134,14 @@ class ZApiOutput(OutputChannel):
             outcome = UNKNOWN if sent else FAILED
             await self._journal(endpoint, request, str(exc), outcome)
             return False
+        try:
+            # Its echo ("notify sent by me") must not read as the owner taking over.
+            await self.delivery.remember_outgoing(
+                result.message_id,
+                {"endpoint": endpoint, "phone": request.get("phone"), "body": request},
+            )
+        except StateUnavailable as exc:
+            logger.warning("Could not remember sent message %s: %s", result.message_id, exc)
         if self._message_key is not None:
             try:
                 await self.delivery.mark_sent(self._message_key, answer)
@@ -171,7 +191,7 @@ class ZApiOutput(OutputChannel):
                 for later_endpoint, later_body in parts[index + 1 :]:
                     await self._journal(
                         later_endpoint,
-                        {"phone": recipient_id, **later_body},
+                        {"phone": self._address(recipient_id), **later_body},
                         f"not sent: an earlier part of the same answer failed ({endpoint})",
                         FAILED,
                     )
@@ -281,6 +301,8 @@ class ZApiInput(InputChannel):
         self._token_query = expected_query(config.webhook_token)
         self._stopping = False
         self._closed = False
+        # Replaced at server start by the running agent's (see conversations.py).
+        self.conversations: Conversations = NoConversations()
 
     def __repr__(self) -> str:
         return f"ZApiInput({self.config!r})"
@@ -298,13 +320,17 @@ class ZApiInput(InputChannel):
             )
         return self._client
 
-    def get_output_channel(self, message_key: Optional[str] = None) -> ZApiOutput:
+    def get_output_channel(
+        self, message_key: Optional[str] = None, message: Optional[InboundMessage] = None
+    ) -> ZApiOutput:
         return ZApiOutput(
             self.client,
             self.config,
             self.delivery,
             message_key=message_key,
             in_flight=self._sends,
+            conversation=message.conversation if message is not None else None,
+            reply_to=message.phone if message is not None else None,
         )
 
     async def close(self, grace_seconds: Optional[float] = None) -> None:
@@ -336,31 +362,97 @@ class ZApiInput(InputChannel):
         message: InboundMessage,
         on_new_message: Callable[[UserMessage], Awaitable[Any]],
     ) -> None:
+        if message.from_owner:
+            await self._owner_turn(message)
+            return
+        if self.config.handoff_minutes > 0 and not await self._bot_may_answer(message):
+            if not isinstance(self.conversations, RasaConversations):
+                return  # nothing would record it, and nothing may answer it
+        await self._customer_turn(message, on_new_message)
+
+    async def _owner_turn(self, message: InboundMessage) -> None:
+        """The shop's owner wrote in this chat from the phone (or WhatsApp Web)."""
+        conversation = message.conversation
+        if await self.delivery.outgoing(message.message_id) is not None:
+            # The echo of one of our sends that Z-API did not mark fromApi: ours, not a human.
+            logger.debug("Our own message %s came back; not a takeover", message.message_id)
+            return
+        command = self.config.handoff_resume_command
+        if command and message.text.strip().lower() == command.lower():
+            await self.delivery.end_handoff(conversation)
+            await self.conversations.resume(conversation)
+            logger.info("The owner handed %s back to the bot (%s)", conversation, command)
+            return
+        until = time.time() + self.config.handoff_minutes * 60
+        await self.delivery.pause(conversation, until)
+        owner = {**message.metadata, "sent_by": "owner"}
+        await self.conversations.pause(conversation, message.text, owner)
+        logger.info(
+            "The owner is answering %s from the phone: the bot stays quiet there for %g "
+            "minute(s) after the owner's last message, or until the owner types %s",
+            conversation,
+            self.config.handoff_minutes,
+            command,
+        )
+
+    async def _bot_may_answer(self, message: InboundMessage) -> bool:
+        """False while a human holds the conversation; ends a takeover that is over."""
+        conversation = message.conversation
+        until = await self.delivery.handoff(conversation)
+        if until is None:
+            return True
+        if until > time.time():
+            # A session that expired meanwhile starts anew, unpaused: pause it again.
+            await self.conversations.keep_paused(conversation)
+            logger.info(
+                "Message %s of %s recorded, not answered: the owner is answering",
+                message.message_id,
+                conversation,
+            )
+            return False
+        await self.delivery.end_handoff(conversation)
+        await self.conversations.resume(conversation)
+        logger.info("The bot answers %s again: the owner's takeover is over", conversation)
+        return True
+
+    async def _customer_turn(
+        self,
+        message: InboundMessage,
+        on_new_message: Callable[[UserMessage], Awaitable[Any]],
+    ) -> None:
         text = message.text
         metadata = dict(message.metadata)
         # Read the choices in the worker, not in the request: an earlier message of this customer
         # may still be producing the menu this answer refers to.
-        offered = await self.delivery.take_choices(message.phone)
+        offered = await self.delivery.take_choices(message.conversation)
         if offered and message.kind == "text":
             chosen = match_choice(text, offered)
             if chosen is not None:
                 metadata["choice"] = {"title": chosen.title, "payload": chosen.payload}
                 text = chosen.payload
         if self.config.mark_read:
-            try:
-                await self.client.read_message(message.phone, message.message_id)
-            except ZApiError as exc:
-                logger.warning("Could not mark message %s as read: %s", message.message_id, exc)
+            await self._mark_read(message)
         await on_new_message(
             UserMessage(
                 text=text,
-                output_channel=self.get_output_channel(message_key=message.dedup_key),
-                sender_id=message.phone,
+                output_channel=self.get_output_channel(message.dedup_key, message),
+                sender_id=message.conversation,
                 input_channel=CHANNEL_NAME,
                 message_id=message.message_id,
                 metadata={CHANNEL_NAME: metadata},
             )
         )
+
+    async def _mark_read(self, message: InboundMessage) -> None:
+        # Z-API documents read-message for numbers only, not for @lid.
+        number = message.number or (message.phone if message.metadata.get("is_group") else None)
+        if number is None:
+            logger.debug("Not marking %s as read: no number known for it", message.message_id)
+            return
+        try:
+            await self.client.read_message(number, message.message_id)
+        except ZApiError as exc:
+            logger.warning("Could not mark message %s as read: %s", message.message_id, exc)
 
     # -- the webhook ------------------------------------------------------------------------------
 
@@ -453,6 +545,9 @@ class ZApiInput(InputChannel):
             # leave them out of later collections.
             gc.collect()
             gc.freeze()
+            agent = getattr(app.ctx, "agent", None)
+            if RasaConversations.supports(agent):
+                self.conversations = RasaConversations(agent)
             await self.delivery.start(run_turn)
 
         async def finish(app: Any, loop: Any) -> None:

@@ -44,6 +44,9 @@ DEFAULT_MEDIA_TEXTS: Mapping[str, str] = {
     "video": "/zapi_video",
     "document": "/zapi_document",
     "reaction": "/zapi_reaction",
+    # Content this channel does not know (a poll vote, an order, kinds Z-API adds later): the
+    # customer still gets an answer, and metadata["zapi"]["kind"] names what it was.
+    "unsupported": "/zapi_unsupported",
 }
 
 
@@ -154,6 +157,11 @@ class ChannelConfig:
     #: How long a message id is remembered. Z-API redelivers for minutes (9 deliveries of one
     #: message in 3.5 minutes were seen): a day is far past that window.
     dedup_ttl_seconds: float = 24 * 3600.0
+    #: Minutes the bot stays quiet in a chat after the shop's owner wrote in it from the phone
+    #: (each owner message restarts the wait); 0 turns human takeover off.
+    handoff_minutes: float = 30.0
+    #: What the owner types in the chat to hand it back to the bot at once.
+    handoff_resume_command: str = "#bot"
     #: Shared state for several instances: dedup, numbered choices, sent markers, durable inbox.
     redis_url: Optional[str] = field(default=None, repr=False)
     #: Prefix of every Redis key of this bot (two bots may share one Redis).
@@ -246,6 +254,8 @@ _COERCERS: Mapping[str, Callable[[str, Any], Any]] = {
     "state_path": _text_value,
     # Below a minute would answer Z-API's own redeliveries again.
     "dedup_ttl_seconds": lambda key, value: as_float(key, value, low=60.0),
+    "handoff_minutes": as_float,
+    "handoff_resume_command": _text_value,
     "redis_url": _text_value,
     "redis_prefix": _text_value,
     "inbox_partitions": _ranged(1, 256),

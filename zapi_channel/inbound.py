@@ -68,10 +68,31 @@ class InboundMessage:
     kind: str
     metadata: Dict[str, Any]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    #: Written by the shop's owner on the phone ("notify sent by me"), not by the customer.
+    from_owner: bool = False
+    #: Z-API marks the message as sent through its API (ours, or another API client's).
+    from_api: bool = False
+    #: The customer's ``<digits>@lid`` and number, when this callback shows them.
+    lid: Optional[str] = None
+    number: Optional[str] = None
+    #: The Rasa conversation, set by the delivery layer once it linked the customer's forms
+    #: (:mod:`zapi_channel.delivery.base`); empty before.
+    sender_id: str = ""
 
     @property
     def dedup_key(self) -> str:
         return f"{self.instance_id}:{self.message_id}"
+
+    @property
+    def conversation(self) -> str:
+        """The Rasa ``sender_id`` of this message: the linked conversation, else ``phone``."""
+        return self.sender_id or self.phone
+
+    @property
+    def forms(self) -> Tuple[str, ...]:
+        """Every way this callback names the customer, ``phone`` (as received) first."""
+        others = [form for form in (self.lid, self.number) if form and form != self.phone]
+        return (self.phone, *others)
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,18 @@ MAX_ID_LENGTH = 128
 
 def _str(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value.strip() else None
+
+
+def _id(value: Any) -> Optional[str]:
+    # Message ids arrive as strings, and in real traffic as plain JSON numbers (1867371624).
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _str(value)
+
+
+def _lid(value: Any) -> Optional[str]:
+    text = _str(value)
+    return text.strip() if text is not None and text.strip().lower().endswith("@lid") else None
 
 
 def _flag(payload: Dict[str, Any], key: str) -> bool:
@@ -235,8 +268,14 @@ def _parse(payload: Dict[str, Any], config: ChannelConfig) -> Parsed:
 
 
 def _received(payload: Dict[str, Any], config: ChannelConfig, instance_id: str) -> Parsed:
+    # Notifications and placeholders first: they are never a conversation, so they get a 2xx
+    # whatever they lack (profile and label notifications come without a messageId).
+    if payload.get("notification") is not None:
+        return Ignored(f"a system notification ({_short(payload.get('notification'), 40)})")
+    if _flag(payload, "waitingMessage"):
+        return Ignored("a 'waiting for this message' placeholder with no content")
     raw_phone = _str(payload.get("phone"))
-    raw_id = _str(payload.get("messageId"))
+    raw_id = _id(payload.get("messageId"))
     if raw_phone is None:
         return Invalid("a ReceivedCallback without 'phone'")
     if raw_id is None:
@@ -248,12 +287,6 @@ def _received(payload: Dict[str, Any], config: ChannelConfig, instance_id: str) 
     chat = phone.lower()
 
     # Order matters only for the reason logged; every rule here means "do not answer".
-    if _flag(payload, "fromMe"):
-        return Ignored("our own message (fromMe): answering it would loop forever")
-    if payload.get("notification") is not None:
-        return Ignored(f"a system notification ({_short(payload.get('notification'), 40)})")
-    if _flag(payload, "waitingMessage"):
-        return Ignored("a 'waiting for this message' placeholder with no content")
     if _flag(payload, "isNewsletter") or chat.endswith("@newsletter"):
         return Ignored("a channel (newsletter) post")
     if _flag(payload, "broadcast") or chat.endswith(("@broadcast", "-broadcast")):
@@ -267,28 +300,58 @@ def _received(payload: Dict[str, Any], config: ChannelConfig, instance_id: str) 
     if is_group and not config.allow_groups:
         return Ignored("a group message (set allow_groups: true to answer groups)")
 
-    content = _content(payload, config)
+    from_owner = _flag(payload, "fromMe")
+    if from_owner and _flag(payload, "fromApi"):
+        # Ours (or another API client's) echoed by "notify sent by me"; a human types on the
+        # phone or WhatsApp Web, where fromApi is false or missing.
+        return Ignored("our own message (fromMe, fromApi): answering it would loop forever")
+    if from_owner and config.handoff_minutes <= 0:
+        return Ignored("the business's own message (fromMe); human takeover is off")
+    content = _content(payload, config, from_owner)
     if isinstance(content, Ignored):
         return content
     content_kind, text, details = content
     metadata: Dict[str, Any] = {ours: payload.get(theirs) for theirs, ours in _ENVELOPE}
+    metadata["message_id"] = message_id
     metadata["is_group"] = is_group
     metadata["kind"] = content_kind
     metadata.update(details)
+    lid = number = None
+    if not is_group:
+        # Both forms of one customer, when this callback shows them (see zapi_channel.delivery).
+        lid = _lid(phone) or _lid(payload.get("chatLid")) or _lid(payload.get("senderLid"))
+        number = phone if phone.isdigit() else None
+    metadata["lid"], metadata["phone_number"] = lid, number
+    if from_owner:
+        metadata["from_owner"] = True
     return InboundMessage(
         instance_id=instance_id,
         message_id=message_id,
         phone=phone,
         text=text,
-        kind=content_kind,
+        kind="unsupported" if "unsupported" in details else content_kind,
         metadata=metadata,
         raw=payload,
+        from_owner=from_owner,
+        from_api=_flag(payload, "fromApi"),
+        lid=lid,
+        number=number,
     )
 
 
+#: Objects of a ReceivedCallback that sit beside the content and are not content themselves.
+_NOT_CONTENT = frozenset({"externalAdReply", "contextInfo", "quotedMessage", "reaction"})
+#: What the shop's owner does on the phone that is not writing to the customer.
+_OWNER_NON_MESSAGES = frozenset({"reaction", "pinMessage", "pollVote", "eventResponse"})
+
+
 def _content(
-    payload: Dict[str, Any], config: ChannelConfig
+    payload: Dict[str, Any], config: ChannelConfig, from_owner: bool = False
 ) -> Union[Tuple[str, str, Dict[str, Any]], Ignored]:
+    if from_owner:
+        done = sorted(key for key in _OWNER_NON_MESSAGES if isinstance(payload.get(key), dict))
+        if done:
+            return Ignored(f"the owner's {done[0]} on the phone, not a message to the customer")
     text_obj = payload.get("text")
     if isinstance(text_obj, dict):
         message = _str(text_obj.get("message"))
@@ -345,6 +408,11 @@ def _content(
     location = payload.get("location")
     if isinstance(location, dict):
         return "location", config.media_texts["location"], {"location": dict(location)}
+    live = payload.get("liveLocation")
+    if isinstance(live, dict):
+        # A live location is where the customer is: the bot gets it as a location.
+        shared = {key: live.get(key) for key in ("latitude", "longitude", "caption")}
+        return "location", config.media_texts["location"], {"location": {**shared, "live": True}}
 
     contact = payload.get("contact")
     if isinstance(contact, dict):
@@ -372,11 +440,19 @@ def _content(
         )
 
     present = sorted(
-        key for key, value in payload.items() if isinstance(value, dict) and key != "reaction"
+        key
+        for key, value in payload.items()
+        if isinstance(value, dict) and key not in _NOT_CONTENT and len(key) <= 64
     )
-    return Ignored(
-        "content this channel does not handle"
-        + (f" ({', '.join(present)[:80]})" if present else " (no content object)")
+    if not present:
+        return Ignored("a message with no content object")
+    # Content of a kind this channel does not know (a poll, an order, a payment, a kind Z-API
+    # adds later): the customer said something, so the bot hears of it rather than nothing.
+    kind = present[0]
+    return (
+        kind,
+        config.media_texts["unsupported"],
+        {"unsupported": {"kind": kind, "content": payload[kind]}},
     )
 
 

@@ -3,8 +3,20 @@
 A :class:`Delivery` keeps an accepted message durably *before* the webhook answers, runs its turn
 in order per customer, and forgets it only once the turn is over. Beside the inbox it holds the
 small state the conversation needs across turns and restarts: deduplication keys, the numbered
-choices last offered, sent markers (which answers of a message already went out) and the
-failed-sends journal.
+choices last offered, sent markers (which answers of a message already went out), the messages
+our sends created, the links between a customer's number and ``@lid``, the conversations a human
+took over, and the failed-sends journal.
+
+Identity. WhatsApp names one customer by a number or by a ``<digits>@lid``, and Z-API switches
+between the two. A customer's Rasa conversation (``sender_id``) is the form under which the
+customer was *first* seen, exactly as Z-API sent it; every other form that any callback links to
+it (a number arriving with a ``chatLid``, an ``@lid`` phone whose number is known) maps to the
+same conversation from then on. Why the first form and not always the ``@lid`` that Z-API's tips
+prefer: a conversation that began before its link was known keeps its ``sender_id``, so no history
+is orphaned, including every conversation of the versions that keyed them by ``phone``. When two
+forms had each begun a conversation before a callback linked them, the older conversation wins
+and both forms go to it from then on (the younger one's history stays in the tracker store).
+Answers go to the ``phone`` of the message being answered, as Z-API sent it.
 
 Two implementations, chosen by configuration (:func:`zapi_channel.delivery.open_delivery`):
 :class:`~zapi_channel.delivery.embedded.EmbeddedDelivery` (one SQLite file, the default) and
@@ -18,9 +30,22 @@ import asyncio
 import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Protocol
+from functools import partial
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+)
 
 from zapi_channel.delivery.workers import ConversationWorkers
 from zapi_channel.inbound import InboundMessage
@@ -83,7 +108,8 @@ class FailedSend:
 
 
 class Journal(Protocol):
-    """Where failed sends are kept, for ``zapi-channel failed list`` and ``failed retry``."""
+    """What the command line reads and edits: failed sends (``zapi-channel failed list``,
+    ``failed retry``) and the conversations a human took over (``zapi-channel handoff``)."""
 
     @property
     def where(self) -> str: ...
@@ -96,6 +122,15 @@ class Journal(Protocol):
 
     async def remove(self, ids: Iterable[str]) -> int:
         """Drop entries (after a successful resend); returns how many were removed."""
+
+    async def handoffs(self) -> List[Tuple[str, float]]:
+        """``(sender_id, paused until)`` of every conversation a human holds, in epoch seconds."""
+
+    async def find_conversation(self, form: str) -> Optional[str]:
+        """The ``sender_id`` a number or ``@lid`` belongs to, if it was ever seen."""
+
+    async def hand_back(self, conversation: str) -> bool:
+        """End a takeover now: the bot answers the customer's next message. False if none."""
 
     async def aclose(self) -> None: ...
 
@@ -134,6 +169,20 @@ class Delivery(Journal, Protocol):
 
     async def mark_sent(self, message_key: str, answer: int) -> None: ...
 
+    async def remember_outgoing(self, message_id: str, record: Mapping[str, Any]) -> None:
+        """Keep what one of our sends was (endpoint, phone, body) under the id Z-API gave it."""
+
+    async def outgoing(self, message_id: str) -> Optional[Dict[str, Any]]:
+        """What :meth:`remember_outgoing` kept, while it lasts (a day)."""
+
+    async def pause(self, conversation: str, until: float) -> None:
+        """A human took the conversation over until ``until`` (epoch seconds)."""
+
+    async def handoff(self, conversation: str) -> Optional[float]:
+        """Until when a human holds the conversation (0: handed back); None if nobody does."""
+
+    async def end_handoff(self, conversation: str) -> None: ...
+
 
 class Turns:
     """Per-customer FIFO turns, shared by both implementations.
@@ -148,7 +197,8 @@ class Turns:
         self.handler: Optional[TurnHandler] = None
 
     def submit(self, message: InboundMessage) -> None:
-        self.workers.submit(message.phone, message, lambda: self._run(message))
+        # Per conversation, not per phone: both forms of one customer wait in one queue.
+        self.workers.submit(message.conversation, message, partial(self._run, message))
 
     async def _run(self, message: InboundMessage) -> None:
         assert self.handler is not None
@@ -167,6 +217,19 @@ class Turns:
         return await self.workers.cancel()
 
 
+#: How long the messages our sends created are remembered (their echoes come within seconds;
+#: delivery failures within minutes).
+OUTGOING_TTL_SECONDS = 24 * 3600.0
+
+
+def identified(message: InboundMessage, sender_id: str, linked: Sequence[str]) -> InboundMessage:
+    """``message`` in its conversation, with both forms of the customer when either is known."""
+    lid = message.lid or next((f for f in linked if f.lower().endswith("@lid")), None)
+    number = message.number or next((f for f in linked if f.isdigit()), None)
+    metadata = {**message.metadata, "lid": lid, "phone_number": number, "sender_id": sender_id}
+    return replace(message, sender_id=sender_id, lid=lid, number=number, metadata=metadata)
+
+
 def message_record(message: InboundMessage) -> Dict[str, Any]:
     """The parsed message as an inbox keeps it: a restart or another instance parse no more."""
     return {
@@ -176,6 +239,11 @@ def message_record(message: InboundMessage) -> Dict[str, Any]:
         "text": message.text,
         "kind": message.kind,
         "metadata": message.metadata,
+        "from_owner": message.from_owner,
+        "from_api": message.from_api,
+        "lid": message.lid,
+        "number": message.number,
+        "sender_id": message.sender_id,
     }
 
 
@@ -190,6 +258,11 @@ def message_from_record(data: Any) -> Optional[InboundMessage]:
             kind=str(data["kind"]),
             metadata=dict(data["metadata"]),
             raw={},
+            from_owner=bool(data.get("from_owner")),
+            from_api=bool(data.get("from_api")),
+            lid=data.get("lid") or None,
+            number=data.get("number") or None,
+            sender_id=str(data.get("sender_id") or ""),
         )
     except (TypeError, KeyError, ValueError):
         return None
@@ -213,6 +286,7 @@ def decode_message(text: Any) -> Optional[InboundMessage]:
 __all__ = [
     "CHOICES_TTL_SECONDS",
     "FAILED",
+    "OUTGOING_TTL_SECONDS",
     "UNKNOWN",
     "Delivery",
     "FailedSend",
@@ -221,6 +295,7 @@ __all__ = [
     "Turns",
     "decode_message",
     "encode_message",
+    "identified",
     "message_from_record",
     "message_record",
 ]

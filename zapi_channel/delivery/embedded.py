@@ -32,11 +32,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from zapi_channel.delivery.base import (
     CHOICES_TTL_SECONDS,
+    OUTGOING_TTL_SECONDS,
     FailedSend,
     TurnHandler,
     Turns,
     decode_message,
     encode_message,
+    identified,
 )
 from zapi_channel.delivery.sqlite import SqliteThread
 from zapi_channel.errors import StateCorrupt, StateInUse, StateUnavailable
@@ -64,6 +66,19 @@ CREATE TABLE IF NOT EXISTS sent (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS choices (
     phone TEXT PRIMARY KEY, choices TEXT NOT NULL, expires REAL NOT NULL
+) WITHOUT ROWID;
+-- Every form (number, @lid) a customer was seen under, and the conversation it belongs to.
+CREATE TABLE IF NOT EXISTS identities (
+    form TEXT PRIMARY KEY, sender_id TEXT NOT NULL, since REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identities_sender ON identities (sender_id);
+-- Conversations the shop's owner took over from the phone; until = 0: handed back.
+CREATE TABLE IF NOT EXISTS handoffs (
+    sender_id TEXT PRIMARY KEY, until REAL NOT NULL, since REAL NOT NULL
+) WITHOUT ROWID;
+-- What our sends created, by the messageId Z-API returned (echoes, delivery reports).
+CREATE TABLE IF NOT EXISTS outgoing (
+    message_id TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS failed_sends (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, entry TEXT NOT NULL
@@ -217,6 +232,7 @@ def _purge(connection: sqlite3.Connection) -> None:
     # A message still waiting is kept whatever its age.
     connection.execute("DELETE FROM messages WHERE expires <= ? AND message IS NULL", (now,))
     connection.execute("DELETE FROM choices WHERE expires <= ?", (now,))
+    connection.execute("DELETE FROM outgoing WHERE expires <= ?", (now,))
     # Markers are only read for messages still waiting, so the others go here rather than with
     # one more query per answered message.
     connection.execute(
@@ -224,13 +240,103 @@ def _purge(connection: sqlite3.Connection) -> None:
     )
 
 
-def _accept(connection: sqlite3.Connection, key: str, message: str, ttl: float) -> Optional[int]:
-    """The new message's place in the inbox, or None if its id was seen within the window."""
+def _accept(
+    connection: sqlite3.Connection, message: InboundMessage, ttl: float
+) -> Optional[Tuple[int, InboundMessage]]:
+    """The new message's place in the inbox, in its conversation; None if seen in the window."""
+    # Reserve the id first: a duplicate costs no identity lookup.
     kept = connection.execute(
-        "INSERT OR IGNORE INTO messages (key, message, expires) VALUES (?, ?, ?)",
-        (key, message, time.time() + ttl),
+        "INSERT OR IGNORE INTO messages (key, message, expires) VALUES (?, '', ?)",
+        (message.dedup_key, time.time() + ttl),
     )
-    return kept.lastrowid if kept.rowcount else None
+    if not kept.rowcount:
+        return None
+    seq = int(kept.lastrowid or 0)
+    if not message.metadata.get("is_group"):
+        message = _identify(connection, message)
+    connection.execute(
+        "UPDATE messages SET message = ? WHERE seq = ?", (encode_message(message), seq)
+    )
+    return seq, message
+
+
+def _identify(connection: sqlite3.Connection, message: InboundMessage) -> InboundMessage:
+    """``message`` in the conversation its forms are linked to (the rule: delivery.base)."""
+    forms = message.forms
+    marks = ", ".join("?" * len(forms))
+    # The rows of these forms, and every other form of the conversations they belong to.
+    rows = connection.execute(
+        f"SELECT form, sender_id, since FROM identities WHERE form IN ({marks}) "  # noqa: S608
+        f"OR sender_id IN (SELECT sender_id FROM identities WHERE form IN ({marks}))",
+        (*forms, *forms),
+    ).fetchall()
+    mine = [(since, sender_id) for form, sender_id, since in rows if form in forms]
+    since, sender_id = min(mine) if mine else (time.time(), message.phone)
+    linked = {form for form, owner, _ in rows if owner == sender_id}
+    for form in forms:
+        if form not in linked:
+            # A new form of this customer, or one whose own conversation began later: both go
+            # to the older conversation from now on.
+            connection.execute(
+                "INSERT OR REPLACE INTO identities (form, sender_id, since) VALUES (?, ?, ?)",
+                (form, sender_id, since),
+            )
+    return identified(message, sender_id, sorted(linked | set(forms)))
+
+
+def _find(connection: sqlite3.Connection, form: str) -> Optional[str]:
+    row = connection.execute("SELECT sender_id FROM identities WHERE form = ?", (form,))
+    found = row.fetchone()
+    return str(found[0]) if found else None
+
+
+def _remember_outgoing(connection: sqlite3.Connection, message_id: str, record: str) -> None:
+    connection.execute(
+        "INSERT OR REPLACE INTO outgoing (message_id, record, expires) VALUES (?, ?, ?)",
+        (message_id, record, time.time() + OUTGOING_TTL_SECONDS),
+    )
+
+
+def _outgoing(connection: sqlite3.Connection, message_id: str) -> Optional[str]:
+    row = connection.execute(
+        "SELECT record FROM outgoing WHERE message_id = ? AND expires > ?",
+        (message_id, time.time()),
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _pause(connection: sqlite3.Connection, sender_id: str, until: float) -> None:
+    connection.execute(
+        "INSERT INTO handoffs (sender_id, until, since) VALUES (?, ?, ?) "
+        "ON CONFLICT (sender_id) DO UPDATE SET until = excluded.until",
+        (sender_id, until, time.time()),
+    )
+
+
+def _handoff(connection: sqlite3.Connection, sender_id: str) -> Optional[float]:
+    row = connection.execute("SELECT until FROM handoffs WHERE sender_id = ?", (sender_id,))
+    found = row.fetchone()
+    return float(found[0]) if found else None
+
+
+def _end_handoff(connection: sqlite3.Connection, sender_id: str) -> None:
+    connection.execute("DELETE FROM handoffs WHERE sender_id = ?", (sender_id,))
+
+
+def _hand_back(connection: sqlite3.Connection, sender_id: str) -> bool:
+    # Not deleted: the bot's next turn sees 0 and resumes the Rasa conversation itself.
+    done = connection.execute(
+        "UPDATE handoffs SET until = 0 WHERE sender_id = ? AND until > ?",
+        (sender_id, time.time()),
+    )
+    return bool(done.rowcount)
+
+
+def _handoffs(connection: sqlite3.Connection) -> List[Tuple[str, float]]:
+    rows = connection.execute(
+        "SELECT sender_id, until FROM handoffs WHERE until > ? ORDER BY until", (time.time(),)
+    )
+    return [(str(sender_id), float(until)) for sender_id, until in rows]
 
 
 def _kept(connection: sqlite3.Connection) -> List[Tuple[int, str]]:
@@ -345,6 +451,15 @@ class EmbeddedJournal:
         doomed = list(dict.fromkeys(ids))
         return int(await self._file.thread.call(partial(_remove, ids=doomed)))
 
+    async def handoffs(self) -> List[Tuple[str, float]]:
+        return await self._file.thread.call(_handoffs)
+
+    async def find_conversation(self, form: str) -> Optional[str]:
+        return await self._file.thread.call(partial(_find, form=form))
+
+    async def hand_back(self, conversation: str) -> bool:
+        return await self._file.thread.call(partial(_hand_back, sender_id=conversation))
+
     async def aclose(self) -> None:
         # Joining the thread waits for what is still queued: not on the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self._file.close)
@@ -386,15 +501,12 @@ class EmbeddedDelivery(EmbeddedJournal):
         return self._turns.workers.pending + len(self._held)
 
     async def accept(self, message: InboundMessage) -> bool:
-        operation = partial(
-            _accept,
-            key=message.dedup_key,
-            message=encode_message(message),
-            ttl=self.dedup_ttl_seconds,
+        kept = await self._thread.call(
+            partial(_accept, message=message, ttl=self.dedup_ttl_seconds)
         )
-        seq = await self._thread.call(operation)
-        if seq is None:
+        if kept is None:
             return False
+        seq, message = kept
         self._seqs[message.dedup_key] = seq
         if self._stopping:
             return True  # kept in the file for the next start
@@ -467,6 +579,29 @@ class EmbeddedDelivery(EmbeddedJournal):
         if message_key not in self._resumed:
             return False
         return bool(await self._thread.call(partial(_is_sent, key=message_key, answer=answer)))
+
+    async def remember_outgoing(self, message_id: str, record: Mapping[str, Any]) -> None:
+        encoded = json.dumps(dict(record), ensure_ascii=False)
+        self._thread.submit(
+            partial(_remember_outgoing, message_id=message_id, record=encoded),
+            what=f"remember sent message {message_id}",
+        )
+
+    async def outgoing(self, message_id: str) -> Optional[Dict[str, Any]]:
+        found = await self._thread.call(partial(_outgoing, message_id=message_id))
+        try:
+            return dict(json.loads(found)) if found else None
+        except (ValueError, TypeError):
+            return None
+
+    async def pause(self, conversation: str, until: float) -> None:
+        await self._thread.call(partial(_pause, sender_id=conversation, until=until))
+
+    async def handoff(self, conversation: str) -> Optional[float]:
+        return await self._thread.call(partial(_handoff, sender_id=conversation))
+
+    async def end_handoff(self, conversation: str) -> None:
+        await self._thread.call(partial(_end_handoff, sender_id=conversation))
 
     async def mark_sent(self, message_key: str, answer: int) -> None:
         # Not awaited either: only a crash within the next commit could repeat this answer, the

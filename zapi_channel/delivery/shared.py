@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from zapi_channel.delivery.base import (
     CHOICES_TTL_SECONDS,
+    OUTGOING_TTL_SECONDS,
     FailedSend,
     TurnHandler,
     Turns,
+    identified,
     message_from_record,
     message_record,
 )
@@ -34,6 +37,35 @@ logger = logging.getLogger(__name__)
 #: Sent markers only matter while a message may still be run again (a takeover, a restart).
 SENT_TTL_SECONDS = 24 * 3600
 
+# The conversation of a customer's forms (the rule: zapi_channel.delivery.base), linked in one
+# atomic step whichever instance runs it. KEYS: one hash per form ({sid, since}); ARGV: now,
+# the sid of a new conversation, the prefix of the per-conversation sets of forms, the forms.
+_IDENTIFY = """
+local best, since = nil, nil
+for i = 1, #KEYS do
+  local row = redis.call('HMGET', KEYS[i], 'sid', 'since')
+  if row[1] and (best == nil or tonumber(row[2]) < since) then
+    best, since = row[1], tonumber(row[2])
+  end
+end
+if best == nil then best, since = ARGV[2], tonumber(ARGV[1]) end
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], 'sid', best, 'since', since)
+  redis.call('SADD', ARGV[3] .. best, ARGV[3 + i])
+end
+local forms = redis.call('SMEMBERS', ARGV[3] .. best)
+table.insert(forms, 1, best)
+return forms
+"""
+# Hand a conversation back only while a human still holds it.
+_HAND_BACK = """
+local held = redis.call('GET', KEYS[1])
+if held and tonumber(held) > tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+  return 1
+end
+return 0
+"""
 # Read and delete in one step: two instances must not both map the same "2".
 _TAKE = """
 local value = redis.call('GET', KEYS[1])
@@ -111,6 +143,23 @@ class RedisJournal:
                 removed += int(await self.redis.lrem(self.key, 1, line))
         return removed
 
+    async def handoffs(self) -> List[Tuple[str, float]]:
+        found: List[Tuple[str, float]] = []
+        now = time.time()
+        async for key in self.redis.scan_iter(f"{self.prefix}:handoff:*"):
+            value = await self.redis.get(key)
+            if value and float(value) > now:
+                found.append((str(key).split(":handoff:", 1)[1], float(value)))
+        return sorted(found, key=lambda item: item[1])
+
+    async def find_conversation(self, form: str) -> Optional[str]:
+        found = await self.redis.hget(f"{self.prefix}:who:{form}", "sid")
+        return str(found) if found else None
+
+    async def hand_back(self, conversation: str) -> bool:
+        key = f"{self.prefix}:handoff:{conversation}"
+        return bool(await self.redis.eval(_HAND_BACK, 1, key, time.time()))
+
     async def aclose(self) -> None:
         await self.redis.close()
 
@@ -158,14 +207,56 @@ class RedisDelivery(RedisJournal):
 
     async def accept(self, message: InboundMessage) -> bool:
         try:
+            if not message.metadata.get("is_group"):
+                message = await self._identify(message)
             return await self.stream.append_once(
-                message.phone,
+                message.conversation,
                 message_record(message),
                 self._key("dedup", message.dedup_key),
                 self.dedup_ttl_seconds,
             )
         except _redis_errors() as exc:
             raise _unavailable(self.prefix, exc) from exc
+
+    async def _identify(self, message: InboundMessage) -> InboundMessage:
+        forms = message.forms
+        answer = await self.redis.eval(
+            _IDENTIFY,
+            len(forms),
+            *(f"{self.prefix}:who:{form}" for form in forms),
+            time.time(),
+            message.phone,
+            f"{self.prefix}:forms:",
+            *forms,
+        )
+        return identified(message, str(answer[0]), [str(form) for form in answer[1:]])
+
+    async def remember_outgoing(self, message_id: str, record: Mapping[str, Any]) -> None:
+        value = json.dumps(dict(record), ensure_ascii=False)
+        key = self._key("outgoing", message_id)
+        await self.redis.set(key, value, ex=int(OUTGOING_TTL_SECONDS))
+
+    async def outgoing(self, message_id: str) -> Optional[Dict[str, Any]]:
+        value = await self.redis.get(self._key("outgoing", message_id))
+        try:
+            return dict(json.loads(value)) if value else None
+        except (ValueError, TypeError):
+            return None
+
+    async def pause(self, conversation: str, until: float) -> None:
+        # Expires a day after the takeover ends: a later hand-back still finds it.
+        ttl = max(60, int(until - time.time()) + 24 * 3600)
+        await self.redis.set(self._key("handoff", conversation), repr(until), ex=ttl)
+
+    async def handoff(self, conversation: str) -> Optional[float]:
+        value = await self.redis.get(self._key("handoff", conversation))
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    async def end_handoff(self, conversation: str) -> None:
+        await self.redis.delete(self._key("handoff", conversation))
 
     async def start(self, handler: TurnHandler) -> None:
         self._turns.handler = handler
