@@ -507,3 +507,180 @@ async def test_refused_requests_are_reported_without_the_token_at_most_once_a_mi
     reports = [r.getMessage() for r in caplog.records if "Refused" in r.getMessage()]
     assert len(reports) == 1
     assert "wrong-1" not in caplog.text and WEBHOOK_TOKEN not in caplog.text
+
+
+# -- one customer, one conversation; the owner takes over ------------------------------------------
+
+
+class FakeConversations:
+    """Records what the channel asks of Rasa's conversation (a paused one records messages)."""
+
+    records_paused_messages = True
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[str, str, Optional[str]]] = []
+
+    async def pause(self, sender_id: str, owner_text: Optional[str], metadata: Any) -> None:
+        self.calls.append(("pause", sender_id, owner_text))
+
+    async def resume(self, sender_id: str) -> None:
+        self.calls.append(("resume", sender_id, None))
+
+    async def keep_paused(self, sender_id: str) -> None:
+        self.calls.append(("keep_paused", sender_id, None))
+
+
+NUMBER, LID = "5544999999999", "81896604192873@lid"
+
+
+def customer(callback: Load, message_id: str, text: str, **fields: Any) -> Dict[str, Any]:
+    payload = with_id(callback("received_text"), message_id, text)
+    payload.update(fields)
+    return payload
+
+
+def owner(callback: Load, message_id: str, text: str) -> Dict[str, Any]:
+    payload = with_id(callback("seen_owner_message"), message_id, text)
+    return payload
+
+
+async def test_a_number_then_its_lid_is_one_conversation_answered_where_it_came_from(
+    harness: Harness, callback: Load
+) -> None:
+    await harness.post(customer(callback, "A1", "first", chatLid=LID, senderLid=None))
+    await harness.post(customer(callback, "A2", "second", phone=LID, chatLid=LID, senderLid=None))
+    await harness.settle()
+    first, second = harness.agent.messages
+    assert first.sender_id == second.sender_id == NUMBER
+    assert second.metadata["zapi"]["lid"] == LID
+    assert second.metadata["zapi"]["phone_number"] == NUMBER
+    assert second.output_channel._address(second.sender_id) == LID
+
+
+async def test_an_owner_message_pauses_and_the_customer_is_recorded_not_answered(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness()
+    talk = FakeConversations()
+    harness.channel.conversations = talk
+    answer = await harness.post(owner(callback, "O1", "Aqui é o Carlos, já te atendo"))
+    assert answer.json() == {"status": "accepted"}
+    await harness.settle()
+    await harness.post(customer(callback, "C1", "obrigado"))
+    await harness.settle()
+    assert talk.calls == [
+        ("pause", NUMBER, "Aqui é o Carlos, já te atendo"),
+        ("keep_paused", NUMBER, None),
+    ]
+    # Rasa records it (its paused conversation predicts nothing): the channel hands it over.
+    [recorded] = harness.agent.messages
+    assert recorded.text == "obrigado"
+    assert [c for c, _ in await harness.channel.delivery.handoffs()] == [NUMBER]
+
+
+async def test_without_a_tracker_the_paused_customer_is_held_back(
+    harness: Harness, callback: Load
+) -> None:
+    await harness.post(owner(callback, "O1", "deixa comigo"))
+    await harness.post(customer(callback, "C1", "oi"))
+    await harness.settle()
+    assert harness.agent.messages == []
+
+
+async def test_the_resume_command_hands_the_chat_back_at_once(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness()
+    talk = FakeConversations()
+    harness.channel.conversations = talk
+    await harness.post(owner(callback, "O1", "um momento"))
+    await harness.post(owner(callback, "O2", " #BOT "))
+    await harness.settle()
+    await harness.post(customer(callback, "C1", "e agora?"))
+    await harness.settle()
+    assert [call[0] for call in talk.calls] == ["pause", "resume"]
+    assert await harness.channel.delivery.handoff(NUMBER) is None
+    assert [m.text for m in harness.agent.messages] == ["e agora?"]
+
+
+async def test_after_handoff_minutes_without_the_owner_the_bot_answers_again(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness(handoff_minutes=0.005)  # 0.3 s
+    talk = FakeConversations()
+    harness.channel.conversations = talk
+    await harness.post(owner(callback, "O1", "oi"))
+    await harness.settle()
+    await asyncio.sleep(0.4)
+    await harness.post(customer(callback, "C1", "alguém?"))
+    await harness.settle()
+    assert [call[0] for call in talk.calls] == ["pause", "resume"]
+    assert [m.text for m in harness.agent.messages] == ["alguém?"]
+
+
+async def test_our_own_echo_never_pauses_even_without_from_api(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness()
+    talk = FakeConversations()
+    harness.channel.conversations = talk
+    await harness.channel.delivery.remember_outgoing("3EB0OURS", {"endpoint": "send-text"})
+    echo = owner(callback, "3EB0OURS", "Hi! How can I help?")
+    echo.pop("fromApi", None)
+    await harness.post(echo)
+    api = await harness.post(with_id(callback("seen_api_echo"), "3EB0API"))
+    assert api.json()["status"] == "ignored"
+    await harness.post(customer(callback, "C1", "oi"))
+    await harness.settle()
+    assert talk.calls == []
+    assert [m.text for m in harness.agent.messages] == ["oi"]
+
+
+async def test_takeover_off_ignores_the_owner(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness(handoff_minutes=0)
+    answer = await harness.post(owner(callback, "O1", "oi"))
+    assert answer.json()["status"] == "ignored"
+    await harness.post(customer(callback, "C1", "oi"))
+    await harness.settle()
+    assert [m.text for m in harness.agent.messages] == ["oi"]
+
+
+async def test_content_the_channel_does_not_know_still_reaches_the_bot(
+    harness: Harness, callback: Load
+) -> None:
+    await harness.post(callback("seen_ptv"))
+    await harness.settle()
+    [message] = harness.agent.messages
+    assert message.text == "/zapi_unsupported"
+    assert message.metadata["zapi"]["kind"] == "ptv"
+
+
+EXAMPLES = json.loads((Path(__file__).parent / "fixtures" / "received_examples.json").read_text())
+
+
+async def test_every_documented_received_example_gets_a_2xx_and_no_non_message_is_answered(
+    make_harness: Callable[..., Any],
+) -> None:
+    harness = await make_harness()
+    # As in rasa run: a paused conversation still records the customer's messages.
+    harness.channel.conversations = FakeConversations()
+    for example in EXAMPLES:
+        answer = await harness.post(example["body"])
+        assert answer.status_code == 200, (example["title"], answer.text)
+        status = answer.json()["status"]
+        wanted = {"answered": "accepted", "owner": "accepted", "ignored": "ignored"}
+        assert status == wanted[example["expected"]], (example["title"], answer.text)
+    await harness.settle()
+    answered = [e for e in EXAMPLES if e["expected"] == "answered"]
+    got = {m.message_id: m for m in harness.agent.messages}
+    assert sorted(got) == sorted(e["body"]["messageId"] for e in answered)
+    for example in answered:
+        message = got[example["body"]["messageId"]]
+        if example["kind"] == "unsupported":
+            # The bot hears of it, and metadata names the Z-API kind it was.
+            assert message.text == "/zapi_unsupported", example["title"]
+            assert message.metadata["zapi"]["kind"] in example["body"], example["title"]
+        else:
+            assert message.metadata["zapi"]["kind"] == example["kind"], example["title"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any, Callable, Dict
 
 import pytest
@@ -372,3 +373,90 @@ def test_a_raw_body_with_a_surrogate_pair_keeps_its_emoji(
 @pytest.mark.parametrize("body", [b"", b"{", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"])
 def test_a_raw_body_that_is_not_json_is_invalid(body: bytes, config: ChannelConfig) -> None:
     assert parse_body(body, config) == Invalid("the body is not JSON")
+
+
+SEEN = {
+    # fixture: (outcome, what the bot receives or why it is not answered)
+    "seen_lid_phone": ("message", "Oi, ainda estão abertos?"),
+    "seen_number_with_chatlid": ("message", "Queria fazer um pedido"),
+    "seen_null_chatlid": ("message", "Bom dia"),
+    "seen_owner_message": ("owner", "Oi Ana, aqui é o Carlos da loja. Já separei seu pedido."),
+    "seen_owner_message_no_fromapi": ("owner", "Pode passar amanhã"),
+    "seen_api_echo": ("ignored", "fromApi"),
+    "seen_waiting_not_from_me": ("ignored", "waiting"),
+    "seen_numeric_message_id": ("message", "número"),
+    "seen_hex40_message_id": ("message", "iPhone id"),
+    "seen_dash_message_id": ("message", "id com traço"),
+    "seen_custom_message_id": ("message", "id do cliente"),
+    "seen_edit_with_edit_message_id": ("ignored", "edit"),
+    "seen_revoke_reusing_id": ("ignored", "REVOKE"),
+    "seen_live_location": ("message", "/zapi_location"),
+    "seen_ptv": ("message", "/zapi_unsupported"),
+    "seen_buttons_message": ("message", "/zapi_unsupported"),
+    "seen_document_caption": ("message", "segue o pedido"),
+    "seen_sticker_size": ("message", "/zapi_sticker"),
+    "seen_profile_name_updated": ("ignored", "PROFILE_NAME_UPDATED"),
+    "seen_chat_label_association": ("ignored", "CHAT_LABEL_ASSOCIATION"),
+    "seen_call_voice": ("ignored", "CALL_VOICE"),
+    "seen_status_read_by_me": ("event", "24 message(s)"),
+    "seen_status_played_microseconds": ("event", "PLAYED"),
+    "seen_delivery_zaap_differs": ("event", "sent message"),
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(SEEN))
+def test_shapes_seen_in_real_traffic(callback: Load, config: ChannelConfig, fixture: str) -> None:
+    outcome, detail = SEEN[fixture]
+    parsed = parse_callback(callback(fixture), config)
+    if outcome == "ignored":
+        assert isinstance(parsed, Ignored) and detail in parsed.reason, parsed
+    elif outcome == "event":
+        assert isinstance(parsed, Event) and detail in parsed.summary, parsed
+    else:
+        assert isinstance(parsed, InboundMessage), parsed
+        assert parsed.text == detail
+        assert parsed.from_owner is (outcome == "owner")
+
+
+def test_a_number_with_a_chat_lid_carries_both_forms(callback: Load, config: ChannelConfig) -> None:
+    parsed = parse_callback(callback("seen_number_with_chatlid"), config)
+    assert isinstance(parsed, InboundMessage)
+    assert parsed.forms == ("5544999999999", "81896604192873@lid")
+    lid_only = parse_callback(callback("seen_lid_phone"), config)
+    assert isinstance(lid_only, InboundMessage)
+    assert (lid_only.lid, lid_only.number, lid_only.forms) == (
+        "81896604192873@lid",
+        None,
+        ("81896604192873@lid",),
+    )
+    no_lid = parse_callback(callback("seen_null_chatlid"), config)
+    assert isinstance(no_lid, InboundMessage) and no_lid.lid is None
+
+
+def test_a_numeric_message_id_is_read_as_text(callback: Load, config: ChannelConfig) -> None:
+    parsed = parse_callback(callback("seen_numeric_message_id"), config)
+    assert isinstance(parsed, InboundMessage) and parsed.message_id == "1867371624"
+
+
+def test_the_owner_reacting_or_pinning_is_not_a_takeover(
+    callback: Load, config: ChannelConfig
+) -> None:
+    payload = callback("seen_owner_message")
+    del payload["text"]
+    payload["pinMessage"] = {"action": "pin", "referencedMessage": {"messageId": "X"}}
+    assert isinstance(parse_callback(payload, config), Ignored)
+
+
+EXAMPLES = json.loads((Path(__file__).parent / "fixtures" / "received_examples.json").read_text())
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e["title"] for e in EXAMPLES])
+def test_every_example_of_the_received_callback_page(
+    config: ChannelConfig, example: Dict[str, Any]
+) -> None:
+    parsed = parse_callback(example["body"], config)
+    if example["expected"] == "ignored":
+        assert isinstance(parsed, Ignored), parsed
+    else:
+        assert isinstance(parsed, InboundMessage), parsed
+        assert parsed.from_owner is (example["expected"] == "owner")

@@ -366,8 +366,9 @@ class ZApiInput(InputChannel):
             await self._owner_turn(message)
             return
         if self.config.handoff_minutes > 0 and not await self._bot_may_answer(message):
-            if not isinstance(self.conversations, RasaConversations):
+            if not self.conversations.records_paused_messages:
                 return  # nothing would record it, and nothing may answer it
+            # Rasa records it in the paused conversation and predicts nothing.
         await self._customer_turn(message, on_new_message)
 
     async def _owner_turn(self, message: InboundMessage) -> None:

@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 
 class Conversations(Protocol):
+    #: Whether a paused conversation still records the customer's messages (so the channel
+    #: hands them to Rasa); if not, the channel holds them back itself.
+    records_paused_messages: bool
+
     async def pause(
         self, sender_id: str, owner_text: Optional[str], metadata: Dict[str, Any]
     ) -> None:
@@ -34,6 +38,8 @@ class Conversations(Protocol):
 
 class RasaConversations:
     """:class:`Conversations` over a running Rasa ``Agent`` (``app.ctx.agent`` in ``rasa run``)."""
+
+    records_paused_messages = True
 
     def __init__(self, agent: Any) -> None:
         self._agent = agent
@@ -62,11 +68,13 @@ class RasaConversations:
 
         async with self._agent.lock_store.lock(sender_id):
             tracker = await self._tracker(sender_id)
+            changed = owner_text is not None or not tracker.is_paused()
             if owner_text is not None:
                 tracker.update(BotUttered(owner_text, metadata={"zapi": metadata}))
             if not tracker.is_paused():
                 tracker.update(ConversationPaused())
-            await self._agent.processor.save_tracker(tracker)
+            if changed:
+                await self._agent.processor.save_tracker(tracker)
 
     async def resume(self, sender_id: str) -> None:
         from rasa.shared.core.events import ConversationResumed
@@ -87,6 +95,8 @@ class NoConversations:
     Without Rasa's pause the channel still withholds the bot's turn while a human holds the
     conversation, but the customer's messages are not recorded.
     """
+
+    records_paused_messages = False
 
     def __repr__(self) -> str:
         return "NoConversations()"

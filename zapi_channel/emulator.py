@@ -676,6 +676,7 @@ def received_envelope(
     sender_name: Optional[str],
     from_me: bool = False,
     status: str = "RECEIVED",
+    from_api: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Every envelope field of a ``ReceivedCallback``, in the order of the documented examples."""
     return {
@@ -691,7 +692,8 @@ def received_envelope(
         "messageId": message_id,
         "phone": phone,
         "fromMe": from_me,
-        "fromApi": from_me,
+        # Our API sends echo with fromApi true; the owner typing on the phone, false.
+        "fromApi": from_me if from_api is None else from_api,
         "momment": momment,
         "status": status,
         "chatName": sender_name,
@@ -706,15 +708,26 @@ def received_envelope(
 
 
 def received_callback(
-    instance: EmulatedInstance, message: CustomerMessage, *, message_id: str, momment: int
+    instance: EmulatedInstance,
+    message: CustomerMessage,
+    *,
+    message_id: str,
+    momment: int,
+    from_owner: bool = False,
 ) -> Dict[str, Any]:
-    """The complete ``ReceivedCallback`` Z-API posts for ``message``."""
+    """The complete ``ReceivedCallback`` Z-API posts for ``message``.
+
+    ``from_owner``: the shop's owner wrote it on the phone, as Z-API reports that with "notify
+    sent by me" on (seen in real traffic: ``fromMe`` true, ``fromApi`` false, ``RECEIVED``).
+    """
     payload = received_envelope(
         instance,
         phone=message.phone,
         message_id=message_id,
         momment=momment,
         sender_name=message.sender_name,
+        from_me=from_owner,
+        from_api=False,
     )
     if message.reference_message_id is not None:
         payload["referenceMessageId"] = message.reference_message_id
@@ -1095,6 +1108,9 @@ class Emulator:
         parsed = parse_customer_message(self._fill_choice(instance, body))
         if isinstance(parsed, str):
             return _error(400, parsed)
+        from_owner = body.get("from_me", False)
+        if not isinstance(from_owner, bool):
+            return _error(400, "from_me must be true or false")
         if not instance.connected:
             return _error(409, "The instance is not connected: its phone receives nothing")
         message_id = new_message_id()
@@ -1103,7 +1119,7 @@ class Emulator:
             instance,
             parsed.phone,
             {
-                "from": "customer",
+                "from": "owner" if from_owner else "customer",
                 "text": parsed.text,
                 "kind": parsed.kind,
                 "message_id": message_id,
@@ -1113,7 +1129,11 @@ class Emulator:
                 "read": False,
             },
         )
-        payload = received_callback(instance, parsed, message_id=message_id, momment=momment)
+        payload = received_callback(
+            instance, parsed, message_id=message_id, momment=momment, from_owner=from_owner
+        )
+        # Z-API reports the owner's messages only with "notify sent by me" on; asking the
+        # emulator to play the owner is taken as that being on, whatever the setting says.
         result = await self._post(instance, "received", payload)
         if self.faults.duplicate_deliveries and instance.webhooks.get("received"):
             await self._post(instance, "received", payload)

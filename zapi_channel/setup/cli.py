@@ -19,6 +19,7 @@ import asyncio
 import getpass
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, TextIO
 
@@ -132,6 +133,8 @@ async def _cmd_register_webhook(args: argparse.Namespace, store: CredentialsFile
     out(
         'Z-API will now post "On message received" to:',
         f"  {url}",
+        '"Notify sent by me" is on: when you answer a customer from the phone, the bot steps '
+        "back in that chat (handoff_minutes, or until you type the handoff_resume_command).",
         "Next: send a WhatsApp message to the instance's number and watch rasa run's log.",
     )
     return EXIT_OK
@@ -281,6 +284,44 @@ async def _resend(
     return EXIT_OK if failed == 0 else EXIT_ZAPI_ERROR
 
 
+async def _cmd_handoff_list(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    journal = _journal(args, store)
+    if journal is None:
+        out(f"No chat is paused ({_no_journal(args, store)}).")
+        return EXIT_OK
+    try:
+        paused = await journal.handoffs()
+    finally:
+        await journal.aclose()
+    if not paused:
+        out(f"No chat is paused: the bot answers everyone ({journal.where}).")
+        return EXIT_OK
+    out(f"{len(paused)} chat(s) the owner is answering, the bot quiet there ({journal.where}):")
+    now = time.time()
+    for conversation, until in paused:
+        minutes = max(0.0, (until - now) / 60)
+        out(f"  {conversation:<24} for {minutes:.0f} more minute(s)")
+    out("Hand one back now with `zapi-channel handoff resume PHONE`.")
+    return EXIT_OK
+
+
+async def _cmd_handoff_resume(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    journal = _journal(args, store)
+    if journal is None:
+        raise ConfigError(f"No chat is paused: {_no_journal(args, store)}")
+    phone = clean(args.phone)
+    try:
+        conversation = await journal.find_conversation(phone) or phone
+        handed_back = await journal.hand_back(conversation)
+    finally:
+        await journal.aclose()
+    if not handed_back:
+        out(f"{phone} is not paused: the bot already answers it.")
+        return EXIT_OK
+    out(f"The bot answers {phone} again from the customer's next message on.")
+    return EXIT_OK
+
+
 Command = Callable[[argparse.Namespace, CredentialsFile, _Out], Coroutine[Any, Any, int]]
 
 
@@ -367,6 +408,23 @@ def _parser() -> argparse.ArgumentParser:
         )
     failed_list.set_defaults(handler=_cmd_failed_list)
     failed_retry.set_defaults(handler=_cmd_failed_retry)
+
+    handoff = subs.add_parser(
+        "handoff", help="chats the shop's owner took over from the phone: list or end them"
+    )
+    handoff_subs = handoff.add_subparsers(dest="handoff_command", metavar="ACTION")
+    handoff_subs.required = True
+    handoff_list = handoff_subs.add_parser("list", parents=[common], help="the paused chats")
+    handoff_resume = handoff_subs.add_parser(
+        "resume", parents=[common], help="hand a chat back to the bot now"
+    )
+    handoff_resume.add_argument("phone", metavar="PHONE", help="the customer's number or @lid")
+    for sub in (handoff_list, handoff_resume):
+        sub.add_argument(
+            "--state", metavar="PATH", help="the bot's state file (default: as for `failed`)"
+        )
+    handoff_list.set_defaults(handler=_cmd_handoff_list)
+    handoff_resume.set_defaults(handler=_cmd_handoff_resume)
 
     # Listed here for --help; main() hands its arguments to the emulator's own parser.
     subs.add_parser("emulator", help="run a local Z-API emulator (see `zapi-channel emulator -h`)")

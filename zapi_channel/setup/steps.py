@@ -149,16 +149,26 @@ async def disconnect(store: CredentialsFile, make_client: ClientFactory) -> bool
 async def register_webhook(
     store: CredentialsFile, public_url: str, make_client: ClientFactory
 ) -> str:
-    """Point Z-API's "On message received" at this bot (``PUT update-webhook-received``)."""
+    """Point Z-API's "On message received" at this bot (``PUT update-webhook-received``).
+
+    It also turns on "notify sent by me" (``PUT update-notify-sent-by-me``): what the shop's owner
+    types on the phone then reaches the bot, which steps back (human takeover).
+    """
     url = webhook_url(public_url, webhook_token_of(store))
     require_https(url)
     async with make_client(current_credentials(store)) as client:
         accepted = await client.update_webhook("received", url)
-    if not accepted:
-        raise ZApiResponseError(
-            'Z-API did not confirm the webhook change (no {"value": true} in its answer).',
-            endpoint="update-webhook-received",
-        )
+        if not accepted:
+            raise ZApiResponseError(
+                'Z-API did not confirm the webhook change (no {"value": true} in its answer).',
+                endpoint="update-webhook-received",
+            )
+        if not await client.update_notify_sent_by_me(True):
+            raise ZApiResponseError(
+                'Z-API did not confirm "notify sent by me" (no {"value": true} in its answer); '
+                "the webhook itself is set.",
+                endpoint="update-notify-sent-by-me",
+            )
     return url
 
 

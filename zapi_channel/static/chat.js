@@ -182,6 +182,7 @@
     instanceId: null, // null: the emulator's first instance
     instances: [],
     payload: null, // the last GET /_emulator/messages answer, as text
+    asOwner: false, // the composer writes as the shop, from its phone
     records: [],
     expanded: new Set(), // option lists opened, by message id
     started: new Set(), // chats started on this page that have no message yet
@@ -334,9 +335,13 @@
   function buildMessage(view) {
     const { record } = view;
     const mine = record.from === "customer";
-    const row = el("div", { class: `row ${mine ? "me" : "bot"}${view.first ? " first" : ""}` });
+    const owner = record.from === "owner";
+    const side = mine ? "me" : owner ? "bot owner" : "bot";
+    const row = el("div", { class: `row ${side}${view.first ? " first" : ""}` });
     const stack = el("div", { class: "stack" });
-    const built = mine ? customerBubble(view) : botBubble(view);
+    // The shop's owner, writing from its phone, speaks on the business's side of the chat.
+    const built = mine || owner ? customerBubble(view) : botBubble(view);
+    if (owner) built.bubble.prepend(el("div", { class: "sender", text: "Shop (from the phone)" }));
     stack.append(built.bubble);
     if (view.reaction) {
       stack.append(el("div", { class: "reaction", title: "Reaction from the bot", text: view.reaction }));
@@ -871,7 +876,8 @@
     if (!text.trim()) return;
     $.text.value = "";
     growComposer();
-    if (!(await say({ text }))) {
+    const content = state.asOwner ? { text, from_me: true } : { text };
+    if (!(await say(content))) {
       if (!$.text.value) $.text.value = text; // not lost: the customer can try again
       growComposer();
     }
@@ -946,6 +952,13 @@
     document.getElementById("notice-close").addEventListener("click", hideNotice);
     document.getElementById("send-image").addEventListener("click", askImage);
     document.getElementById("send-location").addEventListener("click", askLocation);
+    const asOwner = document.getElementById("as-owner");
+    asOwner.addEventListener("click", () => {
+      state.asOwner = !state.asOwner;
+      asOwner.setAttribute("aria-pressed", String(state.asOwner));
+      $.text.placeholder = state.asOwner ? "Write as the shop, from its phone" : "Type a message";
+      $.text.focus();
+    });
 
     render([]);
     renderChats();
