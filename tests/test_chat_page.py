@@ -412,3 +412,22 @@ async def test_chat_list_switches_conversations_and_starts_new_ones(
     await page.press("#new-chat", "Enter")
     await expect(page.locator(".chat-item.active")).to_contain_text("+55 31 97777-6666")
     await expect(page.locator("#messages .empty")).to_contain_text("+55 31 97777-6666")
+
+
+async def test_the_shop_can_write_from_its_phone(page: Any, stack: Stack, tmp_path: Path) -> None:
+    toggle = page.get_by_role("button", name="Write as the shop, from its phone")
+    await toggle.click()
+    await expect(toggle).to_have_attribute("aria-pressed", "true")
+    await page.fill("#text", "Oi, aqui é o Carlos da loja")
+    await page.press("#text", "Enter")
+    owner = page.locator(".row.owner .bubble")
+    await expect(owner.locator(".sender")).to_have_text("Shop (from the phone)")
+    await expect(owner.locator(".text")).to_have_text(
+        "Oi, aqui é o Carlos da loja", use_inner_text=True
+    )
+    # What the bot got is what a live instance posts for the owner typing on the phone.
+    posted = stack.bot.received[-1]
+    assert (posted["fromMe"], posted["fromApi"], posted["status"]) == (True, False, "RECEIVED")
+    await toggle.click()
+    await expect(toggle).to_have_attribute("aria-pressed", "false")
+    await screenshot(page, tmp_path / "chat-page-owner.png")

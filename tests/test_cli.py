@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -244,6 +245,8 @@ def test_register_webhook_refuses_http_and_sets_https(project: Project) -> None:
     assert me["receivedCallbackUrl"].startswith(
         "https://bot.example.com/webhooks/zapi/webhook?token="
     )
+    assert me["receiveCallbackSentByMe"] is True
+    assert "Notify sent by me" in output
 
 
 def test_disconnect_ends_the_session_and_marks_the_channel_inactive(project: Project) -> None:
@@ -357,3 +360,36 @@ def test_failed_list_before_the_bot_ever_ran_creates_nothing(project: Project) -
     assert code == 0, output
     assert "No failed sends" in output and "has not run" in output
     assert not (project.root / "zapi-channel.db").exists()
+
+
+def pause_in_state_file(project: Project, phone: str, lid: str, minutes: float) -> None:
+    """A running bot's takeover, as the state file keeps it (the bot itself is not needed)."""
+    from zapi_channel.delivery.embedded import EmbeddedDelivery
+    from zapi_channel.inbound import InboundMessage
+
+    async def write() -> None:
+        delivery = EmbeddedDelivery(project.root / "zapi-channel.db")
+        seen = InboundMessage("I", "M1", phone, "oi", "text", {}, {}, lid=lid, number=phone)
+        await delivery.accept(seen)  # links the number and the @lid
+        await delivery.pause(phone, time.time() + minutes * 60)
+        await delivery.aclose()
+
+    asyncio.run(write())
+
+
+def test_handoff_list_and_resume_by_either_form_of_the_customer(project: Project) -> None:
+    project.connect()
+    code, output = project.run("handoff", "list")
+    assert code == 0 and "No chat is paused" in output
+    assert not (project.root / "zapi-channel.db").exists()
+    pause_in_state_file(project, "5511970000201", "70000000000201@lid", 30)
+    code, output = project.run("handoff", "list")
+    assert code == 0, output
+    assert "5511970000201" in output and "30 more minute" in output
+    code, output = project.run("handoff", "resume", "70000000000201@lid")
+    assert code == 0, output
+    assert "answers 70000000000201@lid again" in output
+    code, output = project.run("handoff", "list")
+    assert "No chat is paused" in output
+    code, output = project.run("handoff", "resume", "5511970000201")
+    assert code == 0 and "is not paused" in output

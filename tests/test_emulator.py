@@ -1191,3 +1191,21 @@ def test_faults_merged_keeps_the_original() -> None:
     faults = Faults()
     changed = faults.merged({"fail_sends": 1})
     assert (faults.fail_sends, changed.fail_sends) == (0, 1)
+
+
+async def test_the_owner_writing_from_the_phone_is_posted_as_live_instances_do(
+    http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    answer = await say(http, text="Aqui é o dono", from_me=True)
+    assert answer.status_code == 200, answer.text
+    [posted] = receiver.bodies("received")
+    assert (posted["fromMe"], posted["fromApi"], posted["status"]) == (True, False, "RECEIVED")
+    assert posted["text"] == {"message": "Aqui é o dono"}
+    conversation = await http.get("/_emulator/messages", params={"phone": CUSTOMER})
+    [record] = conversation.json()["messages"]
+    assert record["from"] == "owner"
+
+
+async def test_from_me_must_be_a_boolean(http: httpx.AsyncClient) -> None:
+    answer = await say(http, text="x", from_me="yes")
+    assert answer.status_code == 400

@@ -131,3 +131,6 @@ async def test_register_webhook_refuses_http_before_calling_zapi(
     assert not zapi["update-webhook-received"].called
     url = await setup.register_webhook(store, "https://bot.example.com", factory)
     assert json.loads(zapi["update-webhook-received"].calls.last.request.content) == {"value": url}
+    # And the owner's messages from the phone reach the bot (human takeover).
+    notify = zapi["update-notify-sent-by-me"].calls.last.request
+    assert json.loads(notify.content) == {"notifySentByMe": True}
