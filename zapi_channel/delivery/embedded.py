@@ -244,25 +244,30 @@ def _accept(
     connection: sqlite3.Connection, message: InboundMessage, ttl: float
 ) -> Optional[Tuple[int, InboundMessage]]:
     """The new message's place in the inbox, in its conversation; None if seen in the window."""
-    # Reserve the id first: a duplicate costs no identity lookup.
+    # Identity first, so that keeping the message is one statement. A duplicate's links are
+    # the ones its first delivery made: linking them again changes nothing.
+    if not message.metadata.get("is_group"):
+        message = _identify(connection, message)
     kept = connection.execute(
-        "INSERT OR IGNORE INTO messages (key, message, expires) VALUES (?, '', ?)",
-        (message.dedup_key, time.time() + ttl),
+        "INSERT OR IGNORE INTO messages (key, message, expires) VALUES (?, ?, ?)",
+        (message.dedup_key, encode_message(message), time.time() + ttl),
     )
     if not kept.rowcount:
         return None
-    seq = int(kept.lastrowid or 0)
-    if not message.metadata.get("is_group"):
-        message = _identify(connection, message)
-    connection.execute(
-        "UPDATE messages SET message = ? WHERE seq = ?", (encode_message(message), seq)
-    )
-    return seq, message
+    return int(kept.lastrowid or 0), message
 
 
 def _identify(connection: sqlite3.Connection, message: InboundMessage) -> InboundMessage:
     """``message`` in the conversation its forms are linked to (the rule: delivery.base)."""
     forms = message.forms
+    if len(forms) == 1 and message.lid is None:
+        # The usual first message of a customer seen by number only: one statement decides.
+        new = connection.execute(
+            "INSERT OR IGNORE INTO identities (form, sender_id, since) VALUES (?, ?, ?)",
+            (message.phone, message.phone, time.time()),
+        )
+        if new.rowcount:
+            return identified(message, message.phone, [message.phone])
     marks = ", ".join("?" * len(forms))
     # The rows of these forms, and every other form of the conversations they belong to.
     rows = connection.execute(
@@ -330,6 +335,10 @@ def _hand_back(connection: sqlite3.Connection, sender_id: str) -> bool:
         (sender_id, time.time()),
     )
     return bool(done.rowcount)
+
+
+def _handoff_conversations(connection: sqlite3.Connection) -> List[str]:
+    return [str(row[0]) for row in connection.execute("SELECT sender_id FROM handoffs")]
 
 
 def _handoffs(connection: sqlite3.Connection) -> List[Tuple[str, float]]:
@@ -488,6 +497,7 @@ class EmbeddedDelivery(EmbeddedJournal):
         self._seqs: Dict[str, int] = {}
         self._purged_at = time.monotonic()
         self._with_choices: Set[str] = set(self._thread.run(_phones_with_choices))
+        self._held_by_humans: Set[str] = set(self._thread.run(_handoff_conversations))
 
     def __repr__(self) -> str:
         return f"EmbeddedDelivery({self.where!r})"
@@ -596,12 +606,18 @@ class EmbeddedDelivery(EmbeddedJournal):
 
     async def pause(self, conversation: str, until: float) -> None:
         await self._thread.call(partial(_pause, sender_id=conversation, until=until))
+        self._held_by_humans.add(conversation)
 
     async def handoff(self, conversation: str) -> Optional[float]:
+        # Asked before every turn. Only this process starts a takeover (the command line only
+        # ends one), so a conversation outside this set has none, and costs no query.
+        if conversation not in self._held_by_humans:
+            return None
         return await self._thread.call(partial(_handoff, sender_id=conversation))
 
     async def end_handoff(self, conversation: str) -> None:
         await self._thread.call(partial(_end_handoff, sender_id=conversation))
+        self._held_by_humans.discard(conversation)
 
     async def mark_sent(self, message_key: str, answer: int) -> None:
         # Not awaited either: only a crash within the next commit could repeat this answer, the
