@@ -684,3 +684,15 @@ async def test_every_documented_received_example_gets_a_2xx_and_no_non_message_i
             assert message.metadata["zapi"]["kind"] in example["body"], example["title"]
         else:
             assert message.metadata["zapi"]["kind"] == example["kind"], example["title"]
+
+
+def test_a_damaged_state_file_stops_the_channel_with_what_to_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from zapi_channel.errors import StateCorrupt
+
+    broken = tmp_path / "zapi-channel.db"
+    broken.write_bytes(b"not a database" * 100)
+    with caplog.at_level(logging.ERROR), pytest.raises(StateCorrupt):
+        ZApiInput.from_credentials(channel_block(state_path=str(broken)))
+    assert "move the file aside" in caplog.text and str(broken) in caplog.text

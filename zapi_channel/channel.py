@@ -30,7 +30,7 @@ from zapi_channel.client import ZApiClient
 from zapi_channel.config import ChannelConfig
 from zapi_channel.conversations import Conversations, NoConversations, RasaConversations
 from zapi_channel.delivery import FAILED, UNKNOWN, Delivery, open_delivery
-from zapi_channel.errors import StateUnavailable, TransportError, ZApiError
+from zapi_channel.errors import StateError, StateUnavailable, TransportError, ZApiError
 from zapi_channel.inbound import InboundMessage
 from zapi_channel.outbound import (
     InvalidCustomPayload,
@@ -292,8 +292,13 @@ class ZApiInput(InputChannel):
         self.config = config
         self._http_client = http_client
         self._client: Optional[ZApiClient] = None
-        # Opened here, while rasa run starts: a damaged or busy state file stops it at once.
-        self.delivery: Delivery = delivery or open_delivery(config)
+        # Opened here, while rasa run starts: a damaged or busy state file stops it at once,
+        # with the what-to-do as the last line of Rasa's traceback and as one ERROR line.
+        try:
+            self.delivery: Delivery = delivery or open_delivery(config)
+        except StateError as exc:
+            logger.error("%s", exc)
+            raise
         self._sends: Set[asyncio.Task[bool]] = set()
         self._refused = 0
         self._refused_reported_at = -60.0
