@@ -696,3 +696,75 @@ def test_a_damaged_state_file_stops_the_channel_with_what_to_do(
     with caplog.at_level(logging.ERROR), pytest.raises(StateCorrupt):
         ZApiInput.from_credentials(channel_block(state_path=str(broken)))
     assert "move the file aside" in caplog.text and str(broken) in caplog.text
+
+
+# -- what Z-API reports after it queued one of our sends ------------------------------------------
+
+
+async def sent_by_us(harness: Harness, endpoint: str, body: Dict[str, Any]) -> str:
+    message_id = f"3EB0{uuid.uuid4().hex[:16].upper()}"
+    await harness.channel.delivery.remember_outgoing(
+        message_id, {"endpoint": endpoint, "phone": body["phone"], "body": body}
+    )
+    return message_id
+
+
+def delivery_error(callback: Load, message_id: str, error: str) -> Dict[str, Any]:
+    payload = callback("delivery_error")
+    payload.update(messageId=message_id, error=error)
+    return payload
+
+
+async def test_a_delivery_error_on_our_send_is_journaled_once(
+    harness: Harness, callback: Load, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"phone": NUMBER, "message": "Your order is ready"}
+    ours = await sent_by_us(harness, "send-text", body)
+    report = delivery_error(callback, ours, "Phone number does not exist")
+    with caplog.at_level(logging.ERROR, logger="zapi_channel"):
+        answer = await harness.post(report)
+        again = await harness.post(report)  # Z-API redelivers the report
+    assert answer.json() == again.json() == {"status": "logged"}
+    [entry] = await harness.channel.delivery.entries()
+    assert (entry.endpoint, entry.body, entry.outcome) == ("send-text", body, "failed")
+    assert "Phone number does not exist" in entry.error
+    assert "zapi-channel failed retry" in caplog.text
+
+
+async def test_a_delivery_error_for_a_message_we_do_not_know_is_only_logged(
+    harness: Harness, callback: Load, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="zapi_channel"):
+        answer = await harness.post(
+            delivery_error(callback, "3EB0NOTOURS", "Phone number does not exist")
+        )
+    assert answer.json() == {"status": "logged"}
+    assert await harness.channel.delivery.entries() == []
+    assert "3EB0NOTOURS" in caplog.text
+
+
+async def test_buttons_refused_for_the_terms_are_followed_by_their_numbered_text(
+    harness: Harness, callback: Load, caplog: pytest.LogCaptureFixture
+) -> None:
+    menu = "What would you like?\n\n*1.* A picture\n*2.* A document"
+    body = {
+        "phone": NUMBER,
+        "message": menu,
+        "buttonList": {"buttons": [{"id": "1", "label": "A picture"}]},
+    }
+    ours = await sent_by_us(harness, "send-button-list", body)
+    terms = "You must accept buttons message terms in panel to send this message."
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        send_text = router.post(path__regex=r"/send-text$", name="send-text").mock(
+            return_value=httpx.Response(200, json={"messageId": "M2"})
+        )
+        with caplog.at_level(logging.WARNING, logger="zapi_channel"):
+            await harness.post(delivery_error(callback, ours, terms))
+            for _ in range(100):
+                if send_text.called:
+                    break
+                await asyncio.sleep(0.02)
+    assert json.loads(send_text.calls.last.request.content) == {"phone": NUMBER, "message": menu}
+    assert "accept them on Z-API's panel" in caplog.text
+    assert await harness.channel.delivery.entries() == []

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import INSTANCE_ID, channel_block
 from zapi_channel.config import ChannelConfig
 from zapi_channel.inbound import (
+    DeliveryFailed,
     Event,
     Ignored,
     InboundMessage,
@@ -228,15 +229,25 @@ def test_unknown_type_is_ignored(callback: Load, config: ChannelConfig) -> None:
     assert isinstance(parse_callback(payload, config), Ignored)
 
 
-def test_delivery_error_is_a_warning_naming_message_and_error(
+def test_delivery_error_is_a_failure_naming_message_and_error(
     callback: Load, config: ChannelConfig
 ) -> None:
     payload = callback("delivery_error")
     parsed = parse_callback(payload, config)
-    assert isinstance(parsed, Event)
-    assert parsed.level == logging.WARNING
-    assert payload["messageId"] in parsed.summary
-    assert payload["error"] in parsed.summary
+    assert isinstance(parsed, DeliveryFailed)
+    assert (parsed.message_id, parsed.phone) == (payload["messageId"], payload["phone"])
+    assert parsed.error == payload["error"]
+    shadow = parse_callback(callback("delivery_error_shadow_ban"), config)
+    assert isinstance(shadow, DeliveryFailed) and shadow.error_code == "SHADOW_BAN"
+
+
+def test_a_delivery_error_without_a_message_id_is_still_logged(
+    callback: Load, config: ChannelConfig
+) -> None:
+    payload = callback("delivery_error")
+    del payload["messageId"]
+    parsed = parse_callback(payload, config)
+    assert isinstance(parsed, Event) and parsed.level == logging.WARNING
 
 
 @pytest.mark.parametrize(
@@ -337,9 +348,11 @@ def test_lone_surrogates_are_replaced_everywhere(callback: Load, config: Channel
 def test_log_summaries_stay_one_bounded_line(callback: Load, config: ChannelConfig) -> None:
     payload = callback("delivery_error")
     payload["error"] = "x\n[2026] CRITICAL forged line" + "y" * 10_000
+    payload["phone"] = "5544\nforged"
     parsed = parse_callback(payload, config)
-    assert isinstance(parsed, Event)
-    assert "\n" not in parsed.summary and len(parsed.summary) < 600
+    assert isinstance(parsed, DeliveryFailed)
+    for logged in (parsed.error, parsed.phone):
+        assert "\n" not in logged and len(logged) < 600
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from tests.conftest import FIXTURES, INSTANCE_ID, channel_block
 from zapi_channel.config import DEFAULT_MEDIA_TEXTS, ChannelConfig
 from zapi_channel.errors import ConfigError
 from zapi_channel.inbound import (
+    DeliveryFailed,
     Event,
     Ignored,
     InboundMessage,
@@ -37,7 +38,7 @@ from zapi_channel.inbound import (
     parse_callback,
 )
 
-OUTCOMES = (InboundMessage, Ignored, Event, Invalid)
+OUTCOMES = (InboundMessage, Ignored, Event, Invalid, DeliveryFailed)
 
 DEFAULT = ChannelConfig.from_mapping(channel_block())
 GROUPS = ChannelConfig.from_mapping(channel_block(allow_groups=True))

@@ -18,6 +18,7 @@ from zapi_channel.webhook import (
     TOO_LARGE,
     Accept,
     Reply,
+    Report,
     after_accept,
     authenticate,
     decide,
@@ -84,10 +85,21 @@ def test_what_is_not_for_the_bot_is_ignored_with_its_reason(
 
 
 def test_a_status_callback_is_logged_at_its_level(config: ChannelConfig, callback: Load) -> None:
-    decision = decide(body(callback("delivery_error")), config)
+    decision = decide(body(callback("disconnected")), config)
     assert decision == Reply(200, {"status": "logged"})
     assert isinstance(decision, Reply) and decision.log is not None
     assert decision.log[0] == logging.WARNING
+
+
+def test_a_delivery_error_is_a_report_to_act_on(config: ChannelConfig, callback: Load) -> None:
+    payload = callback("delivery_error")
+    decision = decide(body(payload), config)
+    assert isinstance(decision, Report)
+    assert (decision.failure.message_id, decision.failure.error) == (
+        payload["messageId"],
+        payload["error"],
+    )
+    assert not decision.failure.button_terms
 
 
 def test_after_accept_names_new_and_duplicate() -> None:

@@ -39,7 +39,14 @@ from tests.livesanic import new_app, serving
 from tests.test_channel import RecordingAgent
 from zapi_channel.channel import ZApiInput
 from zapi_channel.config import ChannelConfig
-from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_callback
+from zapi_channel.inbound import (
+    DeliveryFailed,
+    Event,
+    Ignored,
+    InboundMessage,
+    Invalid,
+    parse_callback,
+)
 
 SEED = int(os.environ.get("ZAPI_FUZZ_SEED", "20240611"))
 # Takeover off: an owner's message among the fixtures would otherwise (rightly) hold back the
@@ -102,7 +109,7 @@ class Served:
             return 400, None
         if isinstance(parsed, Ignored):
             return 200, "ignored"
-        if isinstance(parsed, Event):
+        if isinstance(parsed, (Event, DeliveryFailed)):
             return 200, "logged"
         assert isinstance(parsed, InboundMessage)
         if parsed.dedup_key in self.seen_keys:

@@ -31,7 +31,7 @@ from zapi_channel.config import ChannelConfig
 from zapi_channel.conversations import Conversations, NoConversations, RasaConversations
 from zapi_channel.delivery import FAILED, UNKNOWN, Delivery, open_delivery
 from zapi_channel.errors import StateError, StateUnavailable, TransportError, ZApiError
-from zapi_channel.inbound import InboundMessage
+from zapi_channel.inbound import DeliveryFailed, InboundMessage
 from zapi_channel.outbound import (
     InvalidCustomPayload,
     buttons_request,
@@ -45,8 +45,10 @@ from zapi_channel.outbound import (
 )
 from zapi_channel.retry import RetryPolicy
 from zapi_channel.webhook import (
+    LOGGED,
     NOT_KEPT,
     Accept,
+    Report,
     after_accept,
     authenticate,
     decide,
@@ -56,6 +58,9 @@ from zapi_channel.webhook import (
 logger = logging.getLogger(__name__)
 
 CHANNEL_NAME = "zapi"
+
+#: Interactive sends whose refusal for the button terms has a numbered-text fallback.
+_INTERACTIVE = frozenset({"send-button-list", "send-option-list", "send-button-actions"})
 
 
 class ZApiOutput(OutputChannel):
@@ -300,6 +305,7 @@ class ZApiInput(InputChannel):
             logger.error("%s", exc)
             raise
         self._sends: Set[asyncio.Task[bool]] = set()
+        self._fallbacks: Set[asyncio.Future[None]] = set()
         self._refused = 0
         self._refused_reported_at = -60.0
         self._not_kept = 0
@@ -521,9 +527,57 @@ class ZApiInput(InputChannel):
         decision = decide(request.body or b"", self.config)
         if isinstance(decision, Accept):
             return await self._keep(decision.message)
+        if isinstance(decision, Report):
+            await self._delivery_failed(decision.failure)
+            return response.json(LOGGED.body)
         if decision.log is not None:
             logger.log(*decision.log)
         return response.json(decision.body, status=decision.status)
+
+    async def _delivery_failed(self, failure: DeliveryFailed) -> None:
+        """A send Z-API had queued failed: keep it for a person, or fall back where that helps."""
+        try:
+            sent = await self.delivery.outgoing(failure.message_id)
+        except StateUnavailable as exc:
+            sent = None
+            logger.warning("Could not look up sent message %s: %s", failure.message_id, exc)
+        code = f" (errorCode {failure.error_code})" if failure.error_code else ""
+        if sent is None or sent.get("reported"):
+            # Not one of ours (another client of the instance, or older than a day), or a
+            # redelivery of a report already handled.
+            logger.warning(
+                "Z-API could not deliver message %s to %s: %s%s",
+                failure.message_id,
+                failure.phone,
+                failure.error,
+                code,
+            )
+            return
+        endpoint = str(sent.get("endpoint") or "")
+        body = dict(sent.get("body") or {})
+        await self.delivery.remember_outgoing(failure.message_id, {**sent, "reported": True})
+        message = body.get("message")
+        if failure.button_terms and endpoint in _INTERACTIVE and isinstance(message, str):
+            # The interactive message carries its choices as numbered text: sent as plain text,
+            # the customer can still answer with a number.
+            logger.warning(
+                "Z-API refused a %s message to %s because the button terms are not accepted: "
+                "accept them on Z-API's panel (the instance's settings), or set buttons_as: "
+                "text. Sending the same choices as numbered text instead.",
+                endpoint,
+                failure.phone,
+            )
+            phone = str(body.get("phone") or failure.phone)
+            # Not awaited: Z-API's callback gets its answer now, not after our send.
+            task = asyncio.ensure_future(
+                self.get_output_channel().send_text_message(phone, message)
+            )
+            self._fallbacks.add(task)
+            task.add_done_callback(self._fallbacks.discard)
+            return
+        await self.get_output_channel()._journal(
+            endpoint, body, f"Z-API reported after queueing it: {failure.error}{code}", FAILED
+        )
 
     async def _health(self, request: Request) -> HTTPResponse:
         health = {"status": "ok", "channel": CHANNEL_NAME, "active": self.config.active}

@@ -114,7 +114,24 @@ class Invalid:
     reason: str
 
 
-Parsed = Union[InboundMessage, Ignored, Event, Invalid]
+@dataclass(frozen=True)
+class DeliveryFailed:
+    """Z-API reports, after it queued it, that one of the instance's sends failed."""
+
+    message_id: str
+    phone: str
+    error: str
+    error_code: Optional[str] = None
+
+    @property
+    def button_terms(self) -> bool:
+        """Refused because the button terms are not accepted on Z-API's panel (documented text:
+        "You must accept buttons message terms in panel to send this message.")."""
+        text = self.error.lower()
+        return "button" in text and "terms" in text
+
+
+Parsed = Union[InboundMessage, Ignored, Event, Invalid, DeliveryFailed]
 
 
 #: Z-API's message ids are 20-32 characters; a longer one is not Z-API's, and bounding it keeps
@@ -456,9 +473,18 @@ def _content(
     )
 
 
-def _delivery(payload: Dict[str, Any]) -> Event:
+def _delivery(payload: Dict[str, Any]) -> Union[Event, DeliveryFailed]:
     error = _str(payload.get("error"))
     message_id = payload.get("messageId")
+    known_id = _id(message_id)
+    if error and known_id is not None and len(known_id) <= MAX_ID_LENGTH:
+        code = payload.get("errorCode")
+        return DeliveryFailed(
+            message_id=known_id.strip(),
+            phone=_short(payload.get("phone")),
+            error=_short(error, 300),
+            error_code=_short(code) if code else None,
+        )
     if error:
         return Event(
             "DeliveryCallback",
@@ -521,6 +547,7 @@ _EVENTS = {
 
 
 __all__ = [
+    "DeliveryFailed",
     "Event",
     "Ignored",
     "InboundMessage",

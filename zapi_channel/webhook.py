@@ -15,7 +15,14 @@ from typing import Any, Dict, Optional, Tuple, Union
 from urllib.parse import parse_qs
 
 from zapi_channel.config import ChannelConfig
-from zapi_channel.inbound import Event, Ignored, InboundMessage, Invalid, parse_body
+from zapi_channel.inbound import (
+    DeliveryFailed,
+    Event,
+    Ignored,
+    InboundMessage,
+    Invalid,
+    parse_body,
+)
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,14 @@ class Accept:
     message: InboundMessage
 
 
-Decision = Union[Reply, Accept]
+@dataclass(frozen=True)
+class Report:
+    """A send of ours that failed after Z-API queued it: to journal, then reply :data:`LOGGED`."""
+
+    failure: DeliveryFailed
+
+
+Decision = Union[Reply, Accept, Report]
 
 MISSING_TOKEN = Reply(401, {"error": "missing token"})
 INVALID_TOKEN = Reply(403, {"error": "invalid token"})
@@ -88,6 +102,8 @@ def decide(body: bytes, config: ChannelConfig) -> Decision:
         return Accept(parsed)
     if isinstance(parsed, Invalid):
         return Reply(400, {"error": parsed.reason})
+    if isinstance(parsed, DeliveryFailed):
+        return Report(parsed)
     if isinstance(parsed, Ignored):
         return Reply(
             200,
@@ -113,6 +129,7 @@ __all__ = [
     "Accept",
     "Decision",
     "Reply",
+    "Report",
     "after_accept",
     "authenticate",
     "decide",
