@@ -108,7 +108,13 @@ def with_id(payload: Dict[str, Any], message_id: str, text: Optional[str] = None
 async def test_health_answers_without_secrets(harness: Harness) -> None:
     answer = await harness.http.get("/webhooks/zapi/")
     assert answer.status_code == 200
-    assert answer.json() == {"status": "ok", "channel": "zapi", "active": True}
+    assert answer.json() == {
+        "status": "ok",
+        "channel": "zapi",
+        "active": True,
+        "whatsapp": "unknown",
+        "whatsapp_since": None,
+    }
     for secret in SECRETS:
         assert secret not in answer.text
 
@@ -768,3 +774,18 @@ async def test_buttons_refused_for_the_terms_are_followed_by_their_numbered_text
     assert json.loads(send_text.calls.last.request.content) == {"phone": NUMBER, "message": menu}
     assert "accept them on Z-API's panel" in caplog.text
     assert await harness.channel.delivery.entries() == []
+
+
+async def test_connection_callbacks_flip_the_health_json_and_a_drop_is_one_error(
+    harness: Harness, callback: Load, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="zapi_channel"):
+        for _ in range(3):  # Z-API may report it more than once
+            assert (await harness.post(callback("disconnected"))).json() == {"status": "logged"}
+    health = (await harness.http.get("/webhooks/zapi/")).json()
+    assert health["whatsapp"] == "disconnected" and health["whatsapp_since"]
+    drops = [r for r in caplog.records if "lost its WhatsApp session" in r.getMessage()]
+    assert [r.levelno for r in drops] == [logging.ERROR, logging.DEBUG, logging.DEBUG]
+    assert "zapi-channel restart" in drops[0].getMessage()
+    await harness.post(callback("connected"))
+    assert (await harness.http.get("/webhooks/zapi/")).json()["whatsapp"] == "connected"

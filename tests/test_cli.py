@@ -393,3 +393,26 @@ def test_handoff_list_and_resume_by_either_form_of_the_customer(project: Project
     assert "No chat is paused" in output
     code, output = project.run("handoff", "resume", "5511970000201")
     assert code == 0 and "is not paused" in output
+
+
+def test_verify_also_says_what_the_last_connection_callback_said(project: Project) -> None:
+    from zapi_channel.delivery.embedded import EmbeddedJournal
+
+    project.connect()
+
+    async def heard_a_drop() -> None:
+        journal = EmbeddedJournal.open(project.root / "zapi-channel.db")
+        await journal.set_whatsapp(False, time.time())
+        await journal.aclose()
+
+    asyncio.run(heard_a_drop())
+    code, output = project.run("verify")
+    assert code == 0, output
+    assert "last connection callback" in output and "said: disconnected" in output
+
+
+def test_restart_asks_zapi_to_restart_the_instance(project: Project) -> None:
+    project.connect()
+    code, output = project.run("restart")
+    assert code == 0, output
+    assert "Asked Z-API to restart the instance." in output and "zapi-channel verify" in output

@@ -256,7 +256,7 @@ def test_a_delivery_error_without_a_message_id_is_still_logged(
         ("delivery", logging.DEBUG),
         ("message_status", logging.DEBUG),
         ("connected", logging.INFO),
-        ("disconnected", logging.WARNING),
+        ("disconnected", logging.ERROR),
         ("presence", logging.DEBUG),
     ],
 )

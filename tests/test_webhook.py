@@ -17,6 +17,7 @@ from zapi_channel.webhook import (
     MISSING_TOKEN,
     TOO_LARGE,
     Accept,
+    Connection,
     Reply,
     Report,
     after_accept,
@@ -85,10 +86,18 @@ def test_what_is_not_for_the_bot_is_ignored_with_its_reason(
 
 
 def test_a_status_callback_is_logged_at_its_level(config: ChannelConfig, callback: Load) -> None:
-    decision = decide(body(callback("disconnected")), config)
+    decision = decide(body(callback("presence")), config)
     assert decision == Reply(200, {"status": "logged"})
     assert isinstance(decision, Reply) and decision.log is not None
-    assert decision.log[0] == logging.WARNING
+    assert decision.log[0] == logging.DEBUG
+
+
+def test_connection_callbacks_are_a_state_change(config: ChannelConfig, callback: Load) -> None:
+    down = decide(body(callback("disconnected")), config)
+    up = decide(body(callback("connected")), config)
+    assert isinstance(down, Connection) and down.connected is False
+    assert down.event.level == logging.ERROR
+    assert isinstance(up, Connection) and up.connected is True
 
 
 def test_a_delivery_error_is_a_report_to_act_on(config: ChannelConfig, callback: Load) -> None:

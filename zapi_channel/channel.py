@@ -19,6 +19,7 @@ import asyncio
 import gc
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Set
 
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
@@ -48,6 +49,7 @@ from zapi_channel.webhook import (
     LOGGED,
     NOT_KEPT,
     Accept,
+    Connection,
     Report,
     after_accept,
     authenticate,
@@ -530,6 +532,9 @@ class ZApiInput(InputChannel):
         if isinstance(decision, Report):
             await self._delivery_failed(decision.failure)
             return response.json(LOGGED.body)
+        if isinstance(decision, Connection):
+            await self._connection_changed(decision)
+            return response.json(LOGGED.body)
         if decision.log is not None:
             logger.log(*decision.log)
         return response.json(decision.body, status=decision.status)
@@ -579,8 +584,36 @@ class ZApiInput(InputChannel):
             endpoint, body, f"Z-API reported after queueing it: {failure.error}{code}", FAILED
         )
 
+    async def _connection_changed(self, change: Connection) -> None:
+        """Note the WhatsApp session's state; say so loudly only when it changes."""
+        try:
+            before = await self.delivery.whatsapp()
+            await self.delivery.set_whatsapp(change.connected, time.time())
+        except StateUnavailable as exc:
+            before = None
+            logger.warning("Could not note the WhatsApp connection state: %s", exc)
+        event = change.event
+        changed = before is None or before[0] != change.connected
+        logger.log(event.level if changed else logging.DEBUG, "%s: %s", event.type, event.summary)
+
     async def _health(self, request: Request) -> HTTPResponse:
-        health = {"status": "ok", "channel": CHANNEL_NAME, "active": self.config.active}
+        health: Dict[str, Any] = {
+            "status": "ok",
+            "channel": CHANNEL_NAME,
+            "active": self.config.active,
+            "whatsapp": "unknown",
+            "whatsapp_since": None,
+        }
+        try:
+            state = await self.delivery.whatsapp()
+        except StateUnavailable:
+            state = None
+        if state is not None:
+            # As the last connection callback said: Z-API posts one when the session changes.
+            health["whatsapp"] = "connected" if state[0] else "disconnected"
+            health["whatsapp_since"] = datetime.fromtimestamp(state[1], timezone.utc).isoformat(
+                timespec="seconds"
+            )
         return response.json(health)
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:

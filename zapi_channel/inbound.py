@@ -107,6 +107,8 @@ class Event:
     type: str
     level: int
     summary: str
+    #: For connection callbacks: whether the instance's WhatsApp session is now up.
+    connected: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -515,6 +517,7 @@ def _connected(payload: Dict[str, Any]) -> Event:
         "ConnectedCallback",
         logging.INFO,
         f"The Z-API instance is connected to WhatsApp number {_short(payload.get('phone'))}",
+        connected=True,
     )
 
 
@@ -522,10 +525,13 @@ def _disconnected(payload: Dict[str, Any]) -> Event:
     error = _str(payload.get("error"))
     return Event(
         "DisconnectedCallback",
-        logging.WARNING,
+        logging.ERROR,
         "The Z-API instance lost its WhatsApp session"
         + (f" ({_short(error, 200)})" if error else "")
-        + ": scan the QR code again on Z-API's dashboard to reconnect",
+        + ". Meanwhile Z-API queues the bot's answers and sends them, possibly hours late, once "
+        "the phone is back. To reconnect: check that the phone is on and online; then run "
+        "`zapi-channel restart`; if neither helps, scan the QR code again on Z-API's dashboard",
+        connected=False,
     )
 
 

@@ -48,7 +48,15 @@ class Report:
     failure: DeliveryFailed
 
 
-Decision = Union[Reply, Accept, Report]
+@dataclass(frozen=True)
+class Connection:
+    """The WhatsApp session went up or down: to note, then reply :data:`LOGGED`."""
+
+    connected: bool
+    event: Event
+
+
+Decision = Union[Reply, Accept, Report, Connection]
 
 MISSING_TOKEN = Reply(401, {"error": "missing token"})
 INVALID_TOKEN = Reply(403, {"error": "invalid token"})
@@ -111,6 +119,8 @@ def decide(body: bytes, config: ChannelConfig) -> Decision:
             log=(logging.DEBUG, "Ignored a Z-API callback: %s", parsed.reason),
         )
     assert isinstance(parsed, Event)
+    if parsed.connected is not None:
+        return Connection(parsed.connected, parsed)
     return Reply(200, LOGGED.body, log=(parsed.level, "%s: %s", parsed.type, parsed.summary))
 
 
@@ -127,6 +137,7 @@ __all__ = [
     "NOT_KEPT",
     "TOO_LARGE",
     "Accept",
+    "Connection",
     "Decision",
     "Reply",
     "Report",

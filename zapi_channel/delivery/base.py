@@ -132,6 +132,12 @@ class Journal(Protocol):
     async def hand_back(self, conversation: str) -> bool:
         """End a takeover now: the bot answers the customer's next message. False if none."""
 
+    async def set_whatsapp(self, connected: bool, at: float) -> None:
+        """Note what the last connection callback said, and when (epoch seconds)."""
+
+    async def whatsapp(self) -> Optional[Tuple[bool, float]]:
+        """What the last connection callback said and when; None before the first one."""
+
     async def aclose(self) -> None: ...
 
 

@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS handoffs (
 CREATE TABLE IF NOT EXISTS outgoing (
     message_id TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL
 ) WITHOUT ROWID;
+-- Small facts of the channel: the WhatsApp connection as the last callback reported it.
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS failed_sends (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, entry TEXT NOT NULL
 );
@@ -337,6 +339,15 @@ def _hand_back(connection: sqlite3.Connection, sender_id: str) -> bool:
     return bool(done.rowcount)
 
 
+def _set_meta(connection: sqlite3.Connection, key: str, value: str) -> None:
+    connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _meta(connection: sqlite3.Connection, key: str) -> Optional[str]:
+    row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return str(row[0]) if row else None
+
+
 def _handoff_conversations(connection: sqlite3.Connection) -> List[str]:
     return [str(row[0]) for row in connection.execute("SELECT sender_id FROM handoffs")]
 
@@ -416,6 +427,14 @@ def _parse_entries(lines: Iterable[str]) -> List[FailedSend]:
     return entries
 
 
+def _connection_state(value: Optional[str]) -> Optional[Tuple[bool, float]]:
+    try:
+        data = json.loads(value) if value else None
+        return (bool(data["connected"]), float(data["at"])) if data else None
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 def _encode_choices(choices: List[Choice]) -> str:
     return json.dumps([[choice.title, choice.payload] for choice in choices], ensure_ascii=False)
 
@@ -468,6 +487,13 @@ class EmbeddedJournal:
 
     async def hand_back(self, conversation: str) -> bool:
         return await self._file.thread.call(partial(_hand_back, sender_id=conversation))
+
+    async def set_whatsapp(self, connected: bool, at: float) -> None:
+        value = json.dumps({"connected": connected, "at": at})
+        await self._file.thread.call(partial(_set_meta, key="whatsapp", value=value))
+
+    async def whatsapp(self) -> Optional[Tuple[bool, float]]:
+        return _connection_state(await self._file.thread.call(partial(_meta, key="whatsapp")))
 
     async def aclose(self) -> None:
         # Joining the thread waits for what is still queued: not on the event loop.

@@ -160,6 +160,18 @@ class RedisJournal:
         key = f"{self.prefix}:handoff:{conversation}"
         return bool(await self.redis.eval(_HAND_BACK, 1, key, time.time()))
 
+    async def set_whatsapp(self, connected: bool, at: float) -> None:
+        value = json.dumps({"connected": connected, "at": at})
+        await self.redis.set(f"{self.prefix}:whatsapp", value)
+
+    async def whatsapp(self) -> Optional[Tuple[bool, float]]:
+        value = await self.redis.get(f"{self.prefix}:whatsapp")
+        try:
+            data = json.loads(value) if value else None
+            return (bool(data["connected"]), float(data["at"])) if data else None
+        except (ValueError, TypeError, KeyError):
+            return None
+
     async def aclose(self) -> None:
         await self.redis.close()
 

@@ -20,6 +20,7 @@ import getpass
 import logging
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, TextIO
 
@@ -140,8 +141,32 @@ async def _cmd_register_webhook(args: argparse.Namespace, store: CredentialsFile
     return EXIT_OK
 
 
+async def _last_callback(args: argparse.Namespace, store: CredentialsFile) -> Optional[str]:
+    """What the bot heard last from Z-API about the connection, as a line to print."""
+    try:
+        journal = _journal(args, store)
+    except ZApiError:
+        return None
+    if journal is None:
+        return None
+    try:
+        state = await journal.whatsapp()
+    except ZApiError:
+        return None
+    finally:
+        await journal.aclose()
+    if state is None:
+        return None
+    when = datetime.fromtimestamp(state[1], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    said = "connected" if state[0] else "disconnected"
+    return f"The bot's last connection callback from Z-API ({when}) said: {said}."
+
+
 async def _cmd_verify(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
     result = await setup.verify(setup.current_credentials(store), _make_client(args.timeout))
+    heard = await _last_callback(args, store)
+    if heard:
+        out(heard)
     if result.connected:
         out(f"Connected: WhatsApp number {result.phone or '(unknown)'}.")
         return EXIT_OK
@@ -149,10 +174,24 @@ async def _cmd_verify(args: argparse.Namespace, store: CredentialsFile, out: _Ou
         "The instance is not connected yet"
         + (f" (Z-API says: {result.status.error})" if result.status.error else "")
         + ".",
-        "Open Z-API's dashboard, scan the instance's QR code with WhatsApp on the phone",
+        "If the phone was paired before: check that it is on and online, then try "
+        "`zapi-channel restart`.",
+        "Otherwise open Z-API's dashboard, scan the instance's QR code with WhatsApp on the phone",
         "(Settings > Linked devices > Link a device), then run `zapi-channel verify` again.",
     )
     return EXIT_NOT_CONNECTED
+
+
+async def _cmd_restart(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    async with _make_client(args.timeout)(setup.current_credentials(store)) as client:
+        confirmed = await client.restart()
+    out(
+        "Asked Z-API to restart the instance"
+        + ("" if confirmed else " (Z-API did not confirm)")
+        + ". It often reconnects a dropped session without a new QR scan: "
+        "run `zapi-channel verify` in a minute."
+    )
+    return EXIT_OK if confirmed else EXIT_ZAPI_ERROR
 
 
 async def _cmd_rotate(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
@@ -378,7 +417,12 @@ def _parser() -> argparse.ArgumentParser:
     register.set_defaults(handler=_cmd_register_webhook)
 
     verify = subs.add_parser("verify", parents=[common], help="check that WhatsApp is connected")
-    verify.set_defaults(handler=_cmd_verify)
+    verify.set_defaults(handler=_cmd_verify, state=None)
+
+    restart = subs.add_parser(
+        "restart", parents=[common], help="restart the instance (often recovers a dropped session)"
+    )
+    restart.set_defaults(handler=_cmd_restart)
 
     rotate = subs.add_parser(
         "rotate", parents=[common], help="replace credentials (validated before saving)"
