@@ -416,3 +416,41 @@ def test_restart_asks_zapi_to_restart_the_instance(project: Project) -> None:
     code, output = project.run("restart")
     assert code == 0, output
     assert "Asked Z-API to restart the instance." in output and "zapi-channel verify" in output
+
+
+def set_received_elsewhere(project: Project, url: str) -> None:
+    answer = httpx.put(
+        f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}/update-webhook-received",
+        json={"value": url},
+        headers={"Client-Token": CLIENT},
+        timeout=5,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_register_webhook_then_verify_checks_every_callback(project: Project) -> None:
+    project.connect()
+    code, output = project.run("register-webhook", "--public-url", "https://bot.example.com")
+    assert code == 0, output
+    code, output = project.run("verify", "--public-url", "https://bot.example.com")
+    assert code == 0, output
+    for kind in ("received", "delivery", "message-status", "connected", "disconnected"):
+        assert f"{kind:<15} this bot" in output, output
+    assert "chat-presence   not set (fine: optional)" in output
+
+
+def test_verify_with_a_foreign_received_callback_exits_6_with_the_fix(project: Project) -> None:
+    project.connect()
+    project.run("register-webhook", "--public-url", "https://bot.example.com")
+    set_received_elsewhere(project, "https://other.example.net/hook?token=THEIR-SECRET")
+    code, output = project.run("verify", "--public-url", "https://bot.example.com")
+    assert code == 6, output
+    assert "received        ELSEWHERE: https://other.example.net" in output
+    assert "THEIR-SECRET" not in output
+    assert "zapi-channel register-webhook --public-url https://bot.example.com" in output
+
+
+def test_verify_without_a_public_url_says_what_it_did_not_check(project: Project) -> None:
+    project.connect()
+    code, output = project.run("verify")
+    assert code == 0 and "--public-url" in output

@@ -130,7 +130,13 @@ async def test_register_webhook_refuses_http_before_calling_zapi(
         await setup.register_webhook(store, "http://bot.example.com", factory)
     assert not zapi["update-webhook-received"].called
     url = await setup.register_webhook(store, "https://bot.example.com", factory)
-    assert json.loads(zapi["update-webhook-received"].calls.last.request.content) == {"value": url}
+    for kind in ("received", "delivery", "message-status", "connected", "disconnected"):
+        sent = zapi[f"update-webhook-{kind}"].calls.last.request
+        assert json.loads(sent.content) == {"value": url}, kind
+    # Chat presence only when asked for.
+    assert not zapi["update-webhook-chat-presence"].called
+    await setup.register_webhook(store, "https://bot.example.com", factory, presence=True)
+    assert zapi["update-webhook-chat-presence"].called
     # And the owner's messages from the phone reach the bot (human takeover).
     notify = zapi["update-notify-sent-by-me"].calls.last.request
     assert json.loads(notify.content) == {"notifySentByMe": True}

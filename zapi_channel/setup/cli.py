@@ -9,6 +9,7 @@ Exit codes (stable, documented in the README):
  3    invalid credentials: Z-API refused the instance id, token or Client-Token
  4    the instance is not connected to WhatsApp yet (scan the QR code)
  5    Z-API could not be reached (network, DNS, timeout)
+ 6    verify --public-url: Z-API's "On message received" does not point at this bot
 ====  =====================================================================
 """
 
@@ -43,6 +44,7 @@ EXIT_USAGE = 2
 EXIT_INVALID_CREDENTIALS = 3
 EXIT_NOT_CONNECTED = 4
 EXIT_NETWORK = 5
+EXIT_WEBHOOK_ELSEWHERE = 6
 
 _PROMPTS = {
     "instance_id": "Instance ID",
@@ -130,9 +132,12 @@ async def _cmd_webhook_url(args: argparse.Namespace, store: CredentialsFile, out
 
 
 async def _cmd_register_webhook(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
-    url = await setup.register_webhook(store, args.public_url, _make_client(args.timeout))
+    url = await setup.register_webhook(
+        store, args.public_url, _make_client(args.timeout), presence=args.presence
+    )
+    kinds = [k for k in setup.CALLBACK_FIELDS if args.presence or k != "chat-presence"]
     out(
-        'Z-API will now post "On message received" to:',
+        f"Z-API will now post these callbacks ({', '.join(kinds)}) to:",
         f"  {url}",
         '"Notify sent by me" is on: when you answer a customer from the phone, the bot steps '
         "back in that chat (handoff_minutes, or until you type the handoff_resume_command).",
@@ -163,13 +168,19 @@ async def _last_callback(args: argparse.Namespace, store: CredentialsFile) -> Op
 
 
 async def _cmd_verify(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
-    result = await setup.verify(setup.current_credentials(store), _make_client(args.timeout))
+    credentials = setup.current_credentials(store)
+    result = await setup.verify(credentials, _make_client(args.timeout))
     heard = await _last_callback(args, store)
     if heard:
         out(heard)
+    received_ok = True
+    if args.public_url:
+        received_ok = await _report_webhooks(args, store, out)
+    else:
+        out("(Give --public-url URL to check which of Z-API's callbacks point at this bot.)")
     if result.connected:
         out(f"Connected: WhatsApp number {result.phone or '(unknown)'}.")
-        return EXIT_OK
+        return EXIT_OK if received_ok else EXIT_WEBHOOK_ELSEWHERE
     out(
         "The instance is not connected yet"
         + (f" (Z-API says: {result.status.error})" if result.status.error else "")
@@ -180,6 +191,30 @@ async def _cmd_verify(args: argparse.Namespace, store: CredentialsFile, out: _Ou
         "(Settings > Linked devices > Link a device), then run `zapi-channel verify` again.",
     )
     return EXIT_NOT_CONNECTED
+
+
+async def _report_webhooks(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> bool:
+    """Callback by callback, where Z-API posts; True when "received" comes to this bot."""
+    url = setup.webhook_url(args.public_url, setup.webhook_token_of(store))
+    report = await setup.webhook_report(
+        setup.current_credentials(store), url, _make_client(args.timeout)
+    )
+    out("Z-API's callbacks (GET me):")
+    for kind, (state, host) in report.items():
+        if state == setup.OURS:
+            where = "this bot"
+        elif state == setup.EMPTY:
+            where = "not set" + (" (fine: optional)" if kind == "chat-presence" else "")
+        else:
+            where = f"ELSEWHERE: {host}"
+        out(f"  {kind:<15} {where}")
+    if report["received"][0] == setup.OURS:
+        return True
+    out(
+        'Customers\' messages do not reach this bot: "On message received" is not its URL.',
+        f"Fix it with: zapi-channel register-webhook --public-url {args.public_url}",
+    )
+    return False
 
 
 async def _cmd_restart(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
@@ -391,7 +426,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Set up the Z-API WhatsApp channel of a Rasa bot.",
         parents=[common],
         epilog="Exit codes: 0 done, 1 Z-API error, 2 usage/configuration, 3 invalid credentials, "
-        "4 not connected, 5 Z-API unreachable.",
+        "4 not connected, 5 Z-API unreachable, 6 (verify --public-url) customers' messages are "
+        "not posted to this bot.",
     )
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs.required = True
@@ -411,12 +447,20 @@ def _parser() -> argparse.ArgumentParser:
     url.set_defaults(handler=_cmd_webhook_url)
 
     register = subs.add_parser(
-        "register-webhook", parents=[common], help='set Z-API\'s "On message received" URL'
+        "register-webhook", parents=[common], help="point every Z-API callback at this bot"
     )
     register.add_argument("--public-url", required=True, help="https address of rasa run")
+    register.add_argument(
+        "--presence", action="store_true", help="also chat presence (typing...) callbacks"
+    )
     register.set_defaults(handler=_cmd_register_webhook)
 
     verify = subs.add_parser("verify", parents=[common], help="check that WhatsApp is connected")
+    verify.add_argument(
+        "--public-url",
+        dest="public_url",
+        help="also check, callback by callback, that Z-API posts to this bot's webhook",
+    )
     verify.set_defaults(handler=_cmd_verify, state=None)
 
     restart = subs.add_parser(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets as _secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from zapi_channel.client import InstanceStatus, ZApiClient
@@ -146,23 +146,41 @@ async def disconnect(store: CredentialsFile, make_client: ClientFactory) -> bool
     return done
 
 
-async def register_webhook(
-    store: CredentialsFile, public_url: str, make_client: ClientFactory
-) -> str:
-    """Point Z-API's "On message received" at this bot (``PUT update-webhook-received``).
+#: The callbacks the bot needs, and the ``GET me`` field that shows where each one points.
+#: Chat presence (typing...) is only asked for: it is chatty and the bot does nothing with it.
+CALLBACK_FIELDS: Mapping[str, str] = {
+    "received": "receivedCallbackUrl",
+    "delivery": "deliveryCallbackUrl",
+    "message-status": "messageStatusCallbackUrl",
+    "connected": "connectedCallbackUrl",
+    "disconnected": "disconnectedCallbackUrl",
+    "chat-presence": "presenceChatCallbackUrl",
+}
+OURS, EMPTY, ELSEWHERE = "ours", "empty", "elsewhere"
 
-    It also turns on "notify sent by me" (``PUT update-notify-sent-by-me``): what the shop's owner
-    types on the phone then reaches the bot, which steps back (human takeover).
+
+async def register_webhook(
+    store: CredentialsFile, public_url: str, make_client: ClientFactory, *, presence: bool = False
+) -> str:
+    """Point every callback the bot uses at it (``PUT update-webhook-<kind>``, one per kind).
+
+    Received messages, delivery reports, message statuses, connected and disconnected; chat
+    presence only with ``presence``. It also turns on "notify sent by me"
+    (``PUT update-notify-sent-by-me``): what the shop's owner types on the phone then reaches
+    the bot, which steps back (human takeover). One call per kind rather than
+    ``update-every-webhooks``, which would also set chat presence.
     """
     url = webhook_url(public_url, webhook_token_of(store))
     require_https(url)
+    kinds = [kind for kind in CALLBACK_FIELDS if presence or kind != "chat-presence"]
     async with make_client(current_credentials(store)) as client:
-        accepted = await client.update_webhook("received", url)
-        if not accepted:
-            raise ZApiResponseError(
-                'Z-API did not confirm the webhook change (no {"value": true} in its answer).',
-                endpoint="update-webhook-received",
-            )
+        for kind in kinds:
+            if not await client.update_webhook(kind, url):
+                raise ZApiResponseError(
+                    f'Z-API did not confirm the "{kind}" webhook change (no {{"value": true}} '
+                    "in its answer).",
+                    endpoint=f"update-webhook-{kind}",
+                )
         if not await client.update_notify_sent_by_me(True):
             raise ZApiResponseError(
                 'Z-API did not confirm "notify sent by me" (no {"value": true} in its answer); '
@@ -172,22 +190,54 @@ async def register_webhook(
     return url
 
 
+async def webhook_report(
+    credentials: ZApiCredentials, url: str, make_client: ClientFactory
+) -> Dict[str, Tuple[str, str]]:
+    """Where each callback points, from ``GET me``: (:data:`OURS`, :data:`EMPTY` or
+    :data:`ELSEWHERE`, the other URL's scheme and host). Never the other URL whole: it may hold
+    someone's token."""
+    async with make_client(credentials) as client:
+        me = await client.me()
+    report: Dict[str, Tuple[str, str]] = {}
+    for kind, field in CALLBACK_FIELDS.items():
+        value = clean(me.get(field))
+        if value == url:
+            report[kind] = (OURS, "")
+        elif not value:
+            report[kind] = (EMPTY, "")
+        else:
+            report[kind] = (ELSEWHERE, host_of(value))
+    return report
+
+
+def host_of(url: str) -> str:
+    """The part of a callback URL that is safe to show: scheme and host."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "(not a URL)"
+
+
 def _credential_values(credentials: ZApiCredentials) -> Dict[str, Any]:
     return {key: getattr(credentials, key) for key in CREDENTIAL_KEYS}
 
 
 __all__ = [
+    "CALLBACK_FIELDS",
+    "ELSEWHERE",
+    "EMPTY",
+    "OURS",
     "WEBHOOK_PATH",
     "Verification",
     "connect",
     "current_credentials",
     "disconnect",
+    "host_of",
     "new_webhook_token",
     "register_webhook",
     "require_https",
     "rotate",
     "validate",
     "verify",
+    "webhook_report",
     "webhook_token_of",
     "webhook_url",
 ]
