@@ -21,9 +21,20 @@ import getpass
 import logging
 import sys
 import time
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, TextIO
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    TextIO,
+)
 
 from zapi_channel import setup
 from zapi_channel.client import ZApiClient
@@ -149,17 +160,10 @@ async def _cmd_register_webhook(args: argparse.Namespace, store: CredentialsFile
 async def _last_callback(args: argparse.Namespace, store: CredentialsFile) -> Optional[str]:
     """What the bot heard last from Z-API about the connection, as a line to print."""
     try:
-        journal = _journal(args, store)
+        async with _opened_state(args, store) as journal:
+            state = await journal.whatsapp() if journal is not None else None
     except ZApiError:
         return None
-    if journal is None:
-        return None
-    try:
-        state = await journal.whatsapp()
-    except ZApiError:
-        return None
-    finally:
-        await journal.aclose()
     if state is None:
         return None
     when = datetime.fromtimestamp(state[1], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -277,20 +281,30 @@ def _journal(args: argparse.Namespace, store: CredentialsFile) -> Optional[Journ
     return open_journal({"state_path": str(state_path)})
 
 
+@asynccontextmanager
+async def _opened_state(
+    args: argparse.Namespace, store: CredentialsFile
+) -> AsyncIterator[Optional[Journal]]:
+    """:func:`_journal`, closed when the block ends (None when the bot never ran here)."""
+    journal = _journal(args, store)
+    try:
+        yield journal
+    finally:
+        if journal is not None:
+            await journal.aclose()
+
+
 def _no_journal(args: argparse.Namespace, store: CredentialsFile) -> str:
     path = args.state or clean(store.resolved_block().get("state_path")) or DEFAULT_STATE_PATH
     return f"{path} (there is no such file yet: the bot has not run from this folder)"
 
 
 async def _cmd_failed_list(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
-    journal = _journal(args, store)
-    if journal is None:
-        out(f"No failed sends in {_no_journal(args, store)}.")
-        return EXIT_OK
-    try:
+    async with _opened_state(args, store) as journal:
+        if journal is None:
+            out(f"No failed sends in {_no_journal(args, store)}.")
+            return EXIT_OK
         entries = await journal.entries()
-    finally:
-        await journal.aclose()
     if not entries:
         out(f"No failed sends in {journal.where}.")
         return EXIT_OK
@@ -310,16 +324,13 @@ async def _cmd_failed_list(args: argparse.Namespace, store: CredentialsFile, out
 
 
 async def _cmd_failed_retry(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
-    journal = _journal(args, store)
-    if journal is None:
-        if args.ids:
-            raise ConfigError(f"Not in {_no_journal(args, store)}: {', '.join(args.ids)}")
-        out("Nothing to resend.")
-        return EXIT_OK
-    try:
+    async with _opened_state(args, store) as journal:
+        if journal is None:
+            if args.ids:
+                raise ConfigError(f"Not in {_no_journal(args, store)}: {', '.join(args.ids)}")
+            out("Nothing to resend.")
+            return EXIT_OK
         return await _resend(args, store, journal, out)
-    finally:
-        await journal.aclose()
 
 
 async def _resend(
@@ -359,14 +370,11 @@ async def _resend(
 
 
 async def _cmd_handoff_list(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
-    journal = _journal(args, store)
-    if journal is None:
-        out(f"No chat is paused ({_no_journal(args, store)}).")
-        return EXIT_OK
-    try:
+    async with _opened_state(args, store) as journal:
+        if journal is None:
+            out(f"No chat is paused ({_no_journal(args, store)}).")
+            return EXIT_OK
         paused = await journal.handoffs()
-    finally:
-        await journal.aclose()
     if not paused:
         out(f"No chat is paused: the bot answers everyone ({journal.where}).")
         return EXIT_OK
@@ -380,15 +388,12 @@ async def _cmd_handoff_list(args: argparse.Namespace, store: CredentialsFile, ou
 
 
 async def _cmd_handoff_resume(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
-    journal = _journal(args, store)
-    if journal is None:
-        raise ConfigError(f"No chat is paused: {_no_journal(args, store)}")
     phone = clean(args.phone)
-    try:
+    async with _opened_state(args, store) as journal:
+        if journal is None:
+            raise ConfigError(f"No chat is paused: {_no_journal(args, store)}")
         conversation = await journal.find_conversation(phone) or phone
         handed_back = await journal.hand_back(conversation)
-    finally:
-        await journal.aclose()
     if not handed_back:
         out(f"{phone} is not paused: the bot already answers it.")
         return EXIT_OK
