@@ -145,4 +145,13 @@ def zapi() -> Iterator[respx.MockRouter]:
         router.put("/update-notify-sent-by-me", name="update-notify-sent-by-me").mock(
             return_value=httpx.Response(200, json={"value": True})
         )
+        router.put("/update-queue-settings", name="update-queue-settings").mock(
+            return_value=httpx.Response(200, json={"value": True})
+        )
+        # The queue's three verbs on one path, one route each (respx matches method and path).
+        router.post("/queue", name="queue").mock(
+            return_value=httpx.Response(200, json={"messages": [], "hasMore": False})
+        )
+        router.get("/queue", name="queue (older docs)")
+        router.delete("/queue", name="delete queue").mock(return_value=httpx.Response(200))
         yield router

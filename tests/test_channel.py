@@ -789,3 +789,65 @@ async def test_connection_callbacks_flip_the_health_json_and_a_drop_is_one_error
     assert "zapi-channel restart" in drops[0].getMessage()
     await harness.post(callback("connected"))
     assert (await harness.http.get("/webhooks/zapi/")).json()["whatsapp"] == "connected"
+
+
+# -- Z-API's queue for a disconnected phone -------------------------------------------------------
+
+
+async def started_with_queue_setting(
+    make_harness: Callable[..., Any], answer: httpx.Response, **overrides: Any
+) -> Tuple[Harness, respx.Route]:
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        route = router.put(path__regex=r"/update-queue-settings$", name="update-queue-settings")
+        route.mock(return_value=answer)
+        harness = await make_harness(**overrides)
+        # The setting is applied in the background once the server has started.
+        for _ in range(100):
+            if route.called or not harness.channel._background:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*harness.channel._background)
+    return harness, route
+
+
+@pytest.mark.parametrize(("setting", "disable"), [(False, True), (True, False)])
+async def test_queue_when_disconnected_is_applied_at_start(
+    make_harness: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    setting: bool,
+    disable: bool,
+) -> None:
+    ok = httpx.Response(200, json={"value": True})
+    with caplog.at_level(logging.INFO, logger="zapi_channel"):
+        _, route = await started_with_queue_setting(
+            make_harness, ok, queue_when_disconnected=setting
+        )
+    assert json.loads(route.calls.last.request.content) == {
+        "disableEnqueueWhenDisconnected": disable
+    }
+    assert f"queue_when_disconnected: {str(setting).lower()}" in caplog.text
+
+
+async def test_without_queue_when_disconnected_the_instance_setting_is_left_alone(
+    make_harness: Callable[..., Any],
+) -> None:
+    ok = httpx.Response(200, json={"value": True})
+    _, route = await started_with_queue_setting(make_harness, ok)
+    assert not route.called
+
+
+async def test_a_queue_setting_z_api_refuses_is_a_warning_and_the_bot_still_answers(
+    make_harness: Callable[..., Any], callback: Load, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = httpx.Response(500, json={"error": "Internal error"})
+    with caplog.at_level(logging.WARNING, logger="zapi_channel"):
+        harness, route = await started_with_queue_setting(
+            make_harness, refused, queue_when_disconnected=False
+        )
+    assert route.called
+    [warning] = [r for r in caplog.records if "Could not set Z-API's queue" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "Internal error" in warning.getMessage()
+    for secret in SECRETS:
+        assert secret not in caplog.text
+    assert (await harness.post(callback("received_text"))).json() == {"status": "accepted"}

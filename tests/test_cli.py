@@ -454,3 +454,56 @@ def test_verify_without_a_public_url_says_what_it_did_not_check(project: Project
     project.connect()
     code, output = project.run("verify")
     assert code == 0 and "--public-url" in output
+
+
+# -- Z-API's queue -----------------------------------------------------------------------------------
+
+
+def queue_while_offline(project: Project, *texts: str) -> None:
+    httpx.post(f"{project.emulator}/_emulator/connection", json={"connected": False}, timeout=5)
+    api = f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}"
+    for text in texts:
+        answer = httpx.post(
+            f"{api}/send-text",
+            json={"phone": "5511999990000", "message": text},
+            headers={"Client-Token": CLIENT},
+            timeout=5,
+        )
+        assert answer.status_code == 200, answer.text
+
+
+def queued_texts(project: Project) -> List[str]:
+    api = f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}"
+    listed = httpx.get(f"{api}/queue", headers={"Client-Token": CLIENT}, timeout=5).json()
+    return [entry["Message"] for entry in listed["messages"]]
+
+
+def test_queue_shows_what_waits_and_clear_asks_first(project: Project) -> None:
+    project.connect()
+    code, output = project.run("queue")
+    assert code == 0 and "queue is empty" in output, output
+    queue_while_offline(project, "first answer", "second answer")
+    code, output = project.run("queue")
+    assert code == 0, output
+    assert "2 message(s) wait in Z-API's queue" in output
+    assert output.index("first answer") < output.index("second answer")
+    assert "5511999990000" in output
+    assert_no_secret(output)
+
+    code, output = project.run("queue", "clear", stdin="no\n")
+    assert code == 1 and "Nothing was deleted" in output
+    assert queued_texts(project) == ["first answer", "second answer"]
+
+    code, output = project.run("queue", "clear", stdin="yes\n")
+    assert code == 0, output
+    assert "2 message(s) will not be sent" in output
+    assert queued_texts(project) == []
+
+
+def test_queue_clear_yes_skips_the_question(project: Project) -> None:
+    project.connect()
+    queue_while_offline(project, "stale")
+    code, output = project.run("queue", "clear", "--yes")
+    assert code == 0, output
+    assert "Type yes" not in output
+    assert queued_texts(project) == []

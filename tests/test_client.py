@@ -518,3 +518,82 @@ async def test_each_call_is_logged_by_endpoint_name_at_debug(
     lines = [r.getMessage() for r in caplog.records if r.name == "zapi_channel.client"]
     assert len(lines) == 2 and all("POST send-text -> 200" in line for line in lines)
     assert not any(secret in line for line in lines for secret in SECRETS)
+
+
+# -- the queue -------------------------------------------------------------------------------------
+
+
+def queued(n: int) -> Any:
+    return {
+        "ZaapId": f"Z{n}",
+        "_id": f"Z{n}",
+        "MessageId": f"M{n}",
+        "Phone": "5511999999999",
+        "Message": f"message {n}",
+        "Created": 1774968031776 + n,
+    }
+
+
+async def test_queue_pages_through_post_queue_with_the_paging_state(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["queue"].mock(
+        side_effect=[
+            httpx.Response(
+                200, json={"messages": [queued(1), queued(2)], "pagingState": "p2", "hasMore": True}
+            ),
+            httpx.Response(200, json={"messages": [queued(3)], "hasMore": False}),
+        ]
+    )
+    contents = await client.queue()
+    assert contents.size == 3
+    assert [m.zaap_id for m in contents.messages] == ["Z1", "Z2", "Z3"]
+    assert contents.messages[0].created == pytest.approx(1774968031.777)
+    bodies = [json.loads(call.request.content) for call in zapi["queue"].calls]
+    assert bodies == [{"pageSize": 30}, {"pageSize": 30, "pagingState": "p2"}]
+
+
+async def test_queue_stops_at_its_limit_even_if_z_api_says_there_is_more(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    page = {"messages": [queued(n) for n in range(30)], "pagingState": "again", "hasMore": True}
+    zapi["queue"].mock(return_value=httpx.Response(200, json=page))
+    contents = await client.queue(limit=60)
+    assert (contents.size, zapi["queue"].call_count) == (60, 2)
+
+
+async def test_queue_falls_back_to_get_queue_on_an_instance_without_post(
+    zapi: respx.MockRouter, client: ZApiClient
+) -> None:
+    zapi["queue"].mock(return_value=httpx.Response(405, json={"error": "Method Not Allowed"}))
+    # The older docs type "size" as a string and list everything.
+    zapi["queue (older docs)"].mock(
+        return_value=httpx.Response(200, json={"size": "2", "messages": [queued(1), {"odd": 1}]})
+    )
+    contents = await client.queue()
+    assert contents.size == 2
+    assert [m.message_id for m in contents.messages] == ["M1"]
+
+
+async def test_queue_does_not_hide_other_errors(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    zapi["queue"].mock(return_value=httpx.Response(500, json={"error": "boom"}))
+    with pytest.raises(ZApiResponseError):
+        await client.queue()
+    assert not zapi["queue (older docs)"].called
+
+
+async def test_clear_queue_deletes_it(zapi: respx.MockRouter, client: ZApiClient) -> None:
+    await client.clear_queue()
+    assert zapi["delete queue"].called
+
+
+@pytest.mark.parametrize(
+    ("answer", "confirmed"),
+    [({"value": True}, True), ({"success": True}, True), ({"value": False}, False), (None, False)],
+)
+async def test_update_queue_settings_sends_the_inverse_flag(
+    zapi: respx.MockRouter, client: ZApiClient, answer: Any, confirmed: bool
+) -> None:
+    zapi["update-queue-settings"].mock(return_value=httpx.Response(200, json=answer))
+    assert await client.update_queue_settings(enqueue_when_disconnected=False) is confirmed
+    assert body_of(zapi["update-queue-settings"]) == {"disableEnqueueWhenDisconnected": True}

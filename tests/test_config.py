@@ -78,6 +78,21 @@ def test_options_have_the_documented_defaults() -> None:
     assert config.delay_typing is None
 
 
+def test_queue_when_disconnected_is_unset_unless_written() -> None:
+    assert ChannelConfig.from_mapping(channel_block()).queue_when_disconnected is None
+    # An unset ${VAR} is "the default" too: the instance's own setting is left alone.
+    assert (
+        ChannelConfig.from_mapping(
+            channel_block(queue_when_disconnected="")
+        ).queue_when_disconnected
+        is None
+    )
+    written = ChannelConfig.from_mapping(channel_block(queue_when_disconnected="false"))
+    assert written.queue_when_disconnected is False
+    with pytest.raises(ConfigError, match="queue_when_disconnected"):
+        ChannelConfig.from_mapping(channel_block(queue_when_disconnected="sometimes"))
+
+
 def test_delay_typing_is_bounded_like_zapi_documents() -> None:
     assert ChannelConfig.from_mapping(channel_block(delay_typing="3")).delay_typing == 3
     with pytest.raises(ConfigError, match="delay_typing"):

@@ -20,9 +20,10 @@ from aiohttp import web
 from sanic import Sanic
 from sanic.server.async_server import AsyncioServer
 
-from zapi_channel.client import WEBHOOK_KINDS, ZApiClient
+from zapi_channel.client import QUEUE_LIMIT, QUEUE_PAGE_SIZE, WEBHOOK_KINDS, ZApiClient
 from zapi_channel.config import ChannelConfig, ZApiCredentials
 from zapi_channel.emulator import (
+    BUTTON_TERMS_ERROR,
     DEFAULT_CLIENT_TOKEN,
     DEFAULT_INSTANCE_ID,
     DEFAULT_INSTANCE_TOKEN,
@@ -606,13 +607,128 @@ async def test_reply_buttons_alone_are_accepted(http: httpx.AsyncClient) -> None
     assert (await call(http, "POST", "send-button-actions", body)).status_code == 200
 
 
-async def test_send_while_disconnected_is_400_and_records_nothing(
+async def test_send_while_disconnected_is_queued_and_delivered_on_reconnect(
+    http: httpx.AsyncClient, instance: EmulatedInstance, emulator: Emulator, receiver: Receiver
+) -> None:
+    await http.post("/_emulator/connection", json={"connected": False})
+    first = await call(http, "POST", "send-text", {"phone": CUSTOMER, "message": "one"})
+    second = await call(http, "POST", "send-text", {"phone": CUSTOMER, "message": "two"})
+    assert first.status_code == second.status_code == 200
+    assert await messages(http) == []
+    listed = (await call(http, "POST", "queue", {})).json()
+    assert [m["Message"] for m in listed["messages"]] == ["one", "two"]
+    assert [m["MessageId"] for m in listed["messages"]] == [
+        first.json()["messageId"],
+        second.json()["messageId"],
+    ]
+    assert listed["hasMore"] is False
+    await http.post("/_emulator/connection", json={"connected": True})
+    assert await emulator.drain()
+    assert [m["text"] for m in await messages(http)] == ["one", "two"]
+    assert (await call(http, "POST", "queue", {})).json()["messages"] == []
+    delivered = [body["messageId"] for body in receiver.bodies("delivery")]
+    assert delivered == [first.json()["messageId"], second.json()["messageId"]]
+
+
+async def test_send_while_disconnected_with_the_queue_off_is_400_and_records_nothing(
     http: httpx.AsyncClient, instance: EmulatedInstance
 ) -> None:
+    setting = {"disableEnqueueWhenDisconnected": True}
+    assert (await call(http, "PUT", "update-queue-settings", setting)).json() == {"value": True}
     instance.connected = False
     answer = await call(http, "POST", "send-text", {"phone": CUSTOMER, "message": "hi"})
     assert (answer.status_code, answer.json()) == (400, {"error": "You are not connected."})
     assert await messages(http) == []
+    assert instance.queue == []
+
+
+async def test_update_queue_settings_needs_a_boolean(http: httpx.AsyncClient) -> None:
+    answer = await call(http, "PUT", "update-queue-settings", {"disableEnqueueWhenDisconnected": 1})
+    assert answer.status_code == 400
+
+
+async def test_queue_refuses_sends_beyond_its_limit(offline: Emulator) -> None:
+    instance = offline.instances[INSTANCE_ID]
+    instance.connected = False
+    instance.queue.extend(
+        {"zaap_id": str(n), "message_id": str(n), "body": {"phone": CUSTOMER}, "momment": 0}
+        for n in range(QUEUE_LIMIT)
+    )
+    answer = await handle(offline, "POST", "send-text", {"phone": CUSTOMER, "message": "hi"})
+    assert (answer.status, answer.body) == (400, {"error": "You are not connected."})
+    assert len(instance.queue) == QUEUE_LIMIT
+
+
+async def test_queue_pages_with_the_paging_state_it_gives(offline: Emulator) -> None:
+    offline.instances[INSTANCE_ID].connected = False
+    for n in range(45):
+        await handle(offline, "POST", "send-text", {"phone": CUSTOMER, "message": f"m{n}"})
+    seen: List[str] = []
+    page = await handle(offline, "POST", "queue", {"pageSize": 100})
+    while True:
+        assert page.status == 200
+        assert len(page.body["messages"]) <= QUEUE_PAGE_SIZE
+        seen += [m["Message"] for m in page.body["messages"]]
+        if not page.body["hasMore"]:
+            break
+        page = await handle(offline, "POST", "queue", {"pagingState": page.body["pagingState"]})
+    assert seen == [f"m{n}" for n in range(45)]
+    whole = await handle(offline, "GET", "queue")
+    assert whole.body["size"] == 45
+    assert (await handle(offline, "POST", "queue", {"pagingState": "bogus"})).status == 400
+
+
+async def test_queue_with_an_empty_body_is_the_first_page(http: httpx.AsyncClient) -> None:
+    answer = await call(http, "POST", "queue", raw=b"")
+    assert (answer.status_code, answer.json()) == (200, {"messages": [], "hasMore": False})
+
+
+async def test_delete_queue_empties_it_and_delete_one_removes_one(offline: Emulator) -> None:
+    instance = offline.instances[INSTANCE_ID]
+    instance.connected = False
+    sent = [
+        (await handle(offline, "POST", "send-text", {"phone": CUSTOMER, "message": m})).body
+        for m in ("a", "b", "c")
+    ]
+    assert (await handle(offline, "DELETE", f"queue/{sent[1]['zaapId']}")).status == 200
+    assert [r["text"] for r in instance.queue] == ["a", "c"]
+    assert (await handle(offline, "DELETE", "queue/NOPE")).status == 404
+    assert (await handle(offline, "DELETE", "queue")).status == 200
+    assert instance.queue == []
+
+
+async def test_fail_deliveries_reports_the_error_later_and_shows_no_status(
+    http: httpx.AsyncClient, emulator: Emulator, receiver: Receiver
+) -> None:
+    await http.post("/_emulator/faults", json={"fail_deliveries": 1, "delivery_error": "Nope"})
+    failed = await call(http, "POST", "send-text", {"phone": CUSTOMER, "message": "one"})
+    fine = await call(http, "POST", "send-text", {"phone": CUSTOMER, "message": "two"})
+    assert failed.status_code == fine.status_code == 200
+    assert await emulator.drain()
+    reports = {body["messageId"]: body.get("error") for body in receiver.bodies("delivery")}
+    assert reports == {failed.json()["messageId"]: "Nope", fine.json()["messageId"]: None}
+    statuses = {body["ids"][0] for body in receiver.bodies("message-status")}
+    assert statuses == {fine.json()["messageId"]}
+    assert [r["status"] for r in await messages(http)] == ["FAILED", "READ"]
+
+
+async def test_refuse_buttons_reports_the_button_terms_for_interactive_sends_only(
+    http: httpx.AsyncClient, emulator: Emulator, receiver: Receiver
+) -> None:
+    await http.post("/_emulator/faults", json={"refuse_buttons": True})
+    buttons = {
+        "phone": CUSTOMER,
+        "message": "Choose",
+        "buttonList": {"buttons": [{"id": "1", "label": "Yes"}]},
+    }
+    refused = await call(http, "POST", "send-button-list", buttons)
+    text = await call(http, "POST", "send-text", {"phone": CUSTOMER, "message": "1. Yes"})
+    assert await emulator.drain()
+    reports = {body["messageId"]: body.get("error") for body in receiver.bodies("delivery")}
+    assert reports == {
+        refused.json()["messageId"]: BUTTON_TERMS_ERROR,
+        text.json()["messageId"]: None,
+    }
 
 
 async def test_read_message_is_204_and_marks_the_customer_message_read(

@@ -307,7 +307,7 @@ class ZApiInput(InputChannel):
             logger.error("%s", exc)
             raise
         self._sends: Set[asyncio.Task[bool]] = set()
-        self._fallbacks: Set[asyncio.Future[None]] = set()
+        self._background: Set[asyncio.Future[None]] = set()
         self._refused = 0
         self._refused_reported_at = -60.0
         self._not_kept = 0
@@ -357,6 +357,13 @@ class ZApiInput(InputChannel):
             # Requests already on the wire finish (or time out), and note that they were sent,
             # before the state is closed.
             await asyncio.wait(set(self._sends), timeout=self.config.timeout_seconds + 1)
+        if self._background:
+            # Fallback texts and the queue setting: given the same time, then dropped.
+            _, late = await asyncio.wait(
+                set(self._background), timeout=self.config.timeout_seconds + 1
+            )
+            for task in late:
+                task.cancel()
         if unfinished:
             logger.warning(
                 "Stopping with %d customer message(s) not answered yet: they stay in %s and "
@@ -574,14 +581,39 @@ class ZApiInput(InputChannel):
             )
             phone = str(body.get("phone") or failure.phone)
             # Not awaited: Z-API's callback gets its answer now, not after our send.
-            task = asyncio.ensure_future(
-                self.get_output_channel().send_text_message(phone, message)
-            )
-            self._fallbacks.add(task)
-            task.add_done_callback(self._fallbacks.discard)
+            self._in_background(self.get_output_channel().send_text_message(phone, message))
             return
         await self.get_output_channel()._journal(
             endpoint, body, f"Z-API reported after queueing it: {failure.error}{code}", FAILED
+        )
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _apply_queue_setting(self, enqueue: bool) -> None:
+        """Set Z-API's queue for a disconnected phone as ``queue_when_disconnected`` says."""
+        try:
+            confirmed = await self.client.update_queue_settings(enqueue_when_disconnected=enqueue)
+        except ZApiError as exc:
+            confirmed = False
+            reason = str(exc)
+        else:
+            reason = "it did not confirm the change"
+        if confirmed:
+            logger.info(
+                "Z-API %s sends while the phone is disconnected (queue_when_disconnected: %s)",
+                "queues" if enqueue else "no longer queues",
+                "true" if enqueue else "false",
+            )
+            return
+        logger.warning(
+            "Could not set Z-API's queue for a disconnected phone (queue_when_disconnected: %s): "
+            "%s. Z-API keeps its current setting; sends it refuses are kept in the failed-sends "
+            "journal either way.",
+            "true" if enqueue else "false",
+            reason,
         )
 
     async def _connection_changed(self, change: Connection) -> None:
@@ -642,6 +674,9 @@ class ZApiInput(InputChannel):
             if RasaConversations.supports(agent):
                 self.conversations = RasaConversations(agent)
             await self.delivery.start(run_turn)
+            if self.config.queue_when_disconnected is not None:
+                # Not awaited: Z-API being slow or down must not hold up the webhook.
+                self._in_background(self._apply_queue_setting(self.config.queue_when_disconnected))
 
         async def finish(app: Any, loop: Any) -> None:
             await self.close()

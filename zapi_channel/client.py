@@ -55,6 +55,10 @@ def quiet_httpx_request_log() -> None:
 quiet_httpx_request_log()
 
 DEFAULT_TIMEOUT = 15.0
+#: Z-API keeps at most this many sends for a disconnected phone (docs: the queue's introduction).
+QUEUE_LIMIT = 1000
+#: The largest ``POST /queue`` page Z-API serves.
+QUEUE_PAGE_SIZE = 30
 #: Parsed URLs kept per client: the fixed endpoints, with room for custom ``send-*`` ones.
 _URL_CACHE_SIZE = 64
 
@@ -86,6 +90,26 @@ class DeviceInfo:
     name: Optional[str]
     is_business: Optional[bool]
     original_device: Optional[str]
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """One send waiting in Z-API's queue (``/queue``), as much of it as Z-API lists."""
+
+    zaap_id: str
+    message_id: Optional[str]
+    phone: str
+    text: str
+    #: When it was queued, in epoch seconds (Z-API lists epoch milliseconds).
+    created: Optional[float]
+
+
+@dataclass(frozen=True)
+class QueueContents:
+    """What waits in Z-API's queue: ``size`` counts everything, ``messages`` may be a prefix."""
+
+    size: int
+    messages: Tuple[QueuedMessage, ...]
 
 
 @dataclass(frozen=True)
@@ -400,6 +424,51 @@ class ZApiClient:
         body = {"notifySentByMe": enabled}
         return _value_true(await self.request("PUT", "update-notify-sent-by-me", body))
 
+    # -- the queue ------------------------------------------------------------------------------
+
+    async def update_queue_settings(self, *, enqueue_when_disconnected: bool) -> bool:
+        """``PUT update-queue-settings``; ``True`` when Z-API confirms the change.
+
+        What it answers is not documented: ``{"value": true}`` (Z-API's usual) and
+        ``{"success": true}`` (seen in other clients' code) both count as confirmed.
+        """
+        body = {"disableEnqueueWhenDisconnected": not enqueue_when_disconnected}
+        answer = await self.request("PUT", "update-queue-settings", body)
+        return isinstance(answer, Mapping) and (
+            answer.get("value") is True or answer.get("success") is True
+        )
+
+    async def queue(self, *, limit: int = QUEUE_LIMIT) -> QueueContents:
+        """What waits in Z-API's queue, paging through at most ``limit`` messages.
+
+        Z-API's docs describe it two ways: ``POST /queue`` answers pages (``pageSize``,
+        ``pagingState``, ``hasMore``), and an older page ``GET /queue`` answers everything with
+        its ``size``. POST is asked first; an instance that answers it 404 or 405 is asked GET.
+        """
+        try:
+            answer = await self.request("POST", "queue", {"pageSize": QUEUE_PAGE_SIZE})
+        except ZApiResponseError as exc:
+            if exc.status_code not in (404, 405):
+                raise
+            return _queue_contents(await self.request("GET", "queue"))
+        listed: List[QueuedMessage] = []
+        # Z-API keeps at most 1,000 queued sends: the page count is bounded either way.
+        for _ in range(limit // QUEUE_PAGE_SIZE + 2):
+            page = _queue_contents(answer)
+            listed += page.messages
+            state = answer.get("pagingState") if isinstance(answer, Mapping) else None
+            more = isinstance(answer, Mapping) and answer.get("hasMore") is True
+            if not more or not isinstance(state, str) or not state or len(listed) >= limit:
+                break
+            body = {"pageSize": QUEUE_PAGE_SIZE, "pagingState": state}
+            answer = await self.request("POST", "queue", body)
+        # POST's pages carry no total: the size is what was listed.
+        return QueueContents(len(listed), tuple(listed[:limit]))
+
+    async def clear_queue(self) -> None:
+        """``DELETE /queue``: drop every send Z-API still holds for this instance."""
+        await self.request("DELETE", "queue")
+
     # -- sending --------------------------------------------------------------------------------
 
     async def send_text(
@@ -521,6 +590,38 @@ class ZApiClient:
         await self.request("POST", "read-message", {"phone": phone, "messageId": message_id})
 
 
+def _queue_contents(body: Any) -> QueueContents:
+    data = body if isinstance(body, Mapping) else {}
+    entries = data.get("messages")
+    listed: List[QueuedMessage] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, Mapping):
+            continue
+        zaap_id = entry.get("ZaapId") or entry.get("_id")
+        if not isinstance(zaap_id, str):
+            continue
+        message_id = entry.get("MessageId")
+        created = entry.get("Created")
+        listed.append(
+            QueuedMessage(
+                zaap_id=zaap_id,
+                message_id=message_id if isinstance(message_id, str) else None,
+                phone=str(entry.get("Phone") or ""),
+                text=str(entry.get("Message") or ""),
+                created=created / 1000
+                if isinstance(created, (int, float)) and not isinstance(created, bool)
+                else None,
+            )
+        )
+    # The older docs type "size" as a string.
+    size = data.get("size")
+    try:
+        counted = int(size) if size is not None and not isinstance(size, bool) else len(listed)
+    except (TypeError, ValueError):
+        counted = len(listed)
+    return QueueContents(max(counted, len(listed)), tuple(listed))
+
+
 def _value_true(body: Any) -> bool:
     return isinstance(body, Mapping) and body.get("value") is True
 
@@ -538,9 +639,12 @@ def _json_bytes(body: Mapping[str, Any]) -> bytes:
 
 
 __all__: List[str] = [
+    "QUEUE_LIMIT",
     "WEBHOOK_KINDS",
     "DeviceInfo",
     "InstanceStatus",
+    "QueueContents",
+    "QueuedMessage",
     "SendResult",
     "ZApiClient",
     "check_response",

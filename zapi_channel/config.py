@@ -162,6 +162,10 @@ class ChannelConfig:
     handoff_minutes: float = 30.0
     #: What the owner types in the chat to hand it back to the bot at once.
     handoff_resume_command: str = "#bot"
+    #: Whether Z-API keeps our sends while the phone is disconnected, delivering them (maybe hours
+    #: late) on reconnect. ``None``, the default, leaves the instance's setting alone (Z-API's own
+    #: default: it queues); ``True`` or ``False`` is applied when the bot starts.
+    queue_when_disconnected: Optional[bool] = None
     #: Shared state for several instances: dedup, numbered choices, sent markers, durable inbox.
     redis_url: Optional[str] = field(default=None, repr=False)
     #: Prefix of every Redis key of this bot (two bots may share one Redis).
@@ -256,6 +260,7 @@ _COERCERS: Mapping[str, Callable[[str, Any], Any]] = {
     "dedup_ttl_seconds": lambda key, value: as_float(key, value, low=60.0),
     "handoff_minutes": as_float,
     "handoff_resume_command": _text_value,
+    "queue_when_disconnected": as_bool,
     "redis_url": _text_value,
     "redis_prefix": _text_value,
     "inbox_partitions": _ranged(1, 256),

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -45,6 +47,7 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import (
@@ -69,7 +72,7 @@ from sanic import Sanic, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from zapi_channel.client import WEBHOOK_KINDS
+from zapi_channel.client import QUEUE_LIMIT, QUEUE_PAGE_SIZE, WEBHOOK_KINDS
 from zapi_channel.redaction import TokenPathFilter
 
 # Named explicitly: under `python -m` __name__ would be "__main__".
@@ -116,6 +119,11 @@ _CHAT_PAGE_POLICY = (
 )
 
 _NOT_CONNECTED = "You are not connected."
+#: ``POST /queue``: the docs' default page size, and the largest one served (QUEUE_PAGE_SIZE).
+QUEUE_DEFAULT_PAGE_SIZE = 20
+#: The documented refusal of an interactive message whose button terms are not accepted.
+BUTTON_TERMS_ERROR = "You must accept buttons message terms in panel to send this message."
+_INTERACTIVE = frozenset({"send-button-list", "send-option-list", "send-button-actions"})
 _INVALID_URL = "Invalid URL, only https allowed"
 
 
@@ -207,6 +215,10 @@ class EmulatedInstance:
     #: ``disconnected``, ``chat-presence``.
     webhooks: Dict[str, str] = field(default_factory=dict)
     notify_sent_by_me: bool = False
+    #: Z-API's queue for a disconnected phone (``disableEnqueueWhenDisconnected`` turns it off).
+    enqueue_when_disconnected: bool = True
+    #: Sends accepted while disconnected, delivered in order when the phone reconnects.
+    queue: List[Dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.webhooks) - set(WEBHOOK_KINDS))
@@ -221,7 +233,9 @@ _FAULT_LIMITS: Mapping[str, Tuple[int, int]] = {
     "fail_status": (400, 599),
     "send_delay_ms": (0, 60_000),
     "send_without_message_id": (0, 1_000_000),
+    "fail_deliveries": (0, 1_000_000),
 }
+_FAULT_FLAGS = frozenset({"duplicate_deliveries", "refuse_buttons"})
 
 
 @dataclass
@@ -237,6 +251,12 @@ class Faults:
     duplicate_deliveries: bool = False
     #: The next N sends answer 200 ``{"value": false}``, as Z-API has been seen doing.
     send_without_message_id: int = 0
+    #: The next N sends are queued (200 with a messageId), then reported failed by a
+    #: DeliveryCallback whose ``error`` is ``delivery_error``.
+    fail_deliveries: int = 0
+    delivery_error: str = "Phone number does not exist"
+    #: Interactive sends (buttons, lists) are queued, then refused for the button terms.
+    refuse_buttons: bool = False
 
     def merged(self, changes: Mapping[str, Any]) -> Faults:
         """A copy with ``changes`` applied; ``ValueError`` names the first bad key or value."""
@@ -245,9 +265,12 @@ class Faults:
         for key, value in changes.items():
             if key not in known:
                 raise ValueError(f"unknown fault {key!r}; known: {', '.join(sorted(known))}")
-            if key == "duplicate_deliveries":
+            if key in _FAULT_FLAGS:
                 if not isinstance(value, bool):
-                    raise ValueError("duplicate_deliveries must be true or false")
+                    raise ValueError(f"{key} must be true or false")
+            elif key == "delivery_error":
+                if not isinstance(value, str) or not value.strip() or len(value) > 500:
+                    raise ValueError("delivery_error must be a text of 1 to 500 characters")
             else:
                 low, high = _FAULT_LIMITS[key]
                 if isinstance(value, bool) or not isinstance(value, int):
@@ -470,14 +493,19 @@ SEND_CHECKS: Mapping[str, Callable[[Mapping[str, Any]], None]] = {
     "send-button-actions": _check_send_button_actions,
 }
 
-#: The verb of every endpoint the emulator knows.
-ENDPOINT_METHODS: Mapping[str, str] = {
-    **{name: "GET" for name in ("status", "device", "me", "disconnect", "restart")},
-    **{f"update-webhook-{kind}": "PUT" for kind in WEBHOOK_KINDS},
-    "update-every-webhooks": "PUT",
-    "update-notify-sent-by-me": "PUT",
-    **{name: "POST" for name in SEND_CHECKS},
-    "read-message": "POST",
+#: The verbs of every endpoint the emulator knows.
+ENDPOINT_METHODS: Mapping[str, Tuple[str, ...]] = {
+    **{name: ("GET",) for name in ("status", "device", "me", "disconnect", "restart")},
+    **{f"update-webhook-{kind}": ("PUT",) for kind in WEBHOOK_KINDS},
+    "update-every-webhooks": ("PUT",),
+    "update-notify-sent-by-me": ("PUT",),
+    "update-queue-settings": ("PUT",),
+    **{name: ("POST",) for name in SEND_CHECKS},
+    "read-message": ("POST",),
+    # The queue: POST lists a page (current docs), GET lists it whole (older docs), DELETE empties
+    # it; "queue/{zaapId}" deletes one message.
+    "queue": ("POST", "GET", "DELETE"),
+    "queue/{zaapId}": ("DELETE",),
 }
 
 
@@ -487,6 +515,8 @@ def base_endpoint(endpoint: str) -> Optional[str]:
     head, _, extension = endpoint.partition("/")
     if head == "send-document":
         return head if extension and "/" not in extension else None
+    if head == "queue" and extension:
+        return "queue/{zaapId}" if "/" not in extension else None
     return endpoint if endpoint in ENDPOINT_METHODS else None
 
 
@@ -510,6 +540,38 @@ def validate_send(endpoint: str, body: Mapping[str, Any]) -> Optional[str]:
     except _BodyError as exc:
         return str(exc)
     return None
+
+
+def _queue_entry(instance: EmulatedInstance, record: Mapping[str, Any]) -> Dict[str, Any]:
+    """A queued send as ``/queue`` lists it (field names from Z-API's queue page)."""
+    created = int(record["momment"])
+    return {
+        "_id": record["zaap_id"],
+        "ZaapId": record["zaap_id"],
+        "MessageId": record["message_id"],
+        "InstanceId": instance.instance_id,
+        "Phone": record["body"]["phone"],
+        "Message": record.get("text") or "",
+        "DelayMessage": record["body"].get("delayMessage", -1),
+        "DelayTyping": record["body"].get("delayTyping", 0),
+        "Created": created,
+        "CreatedAt": datetime.fromtimestamp(created / 1000, timezone.utc).isoformat(
+            timespec="milliseconds"
+        ),
+    }
+
+
+def _paging_offset(state: Any) -> Optional[int]:
+    """Where a ``pagingState`` the emulator gave points (0 without one); ``None`` if not ours."""
+    if state is None:
+        return 0
+    if not isinstance(state, str):
+        return None
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(state.encode()))["offset"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        return None
+    return offset if isinstance(offset, int) and offset >= 0 else None
 
 
 def _record_text(body: Mapping[str, Any]) -> Optional[str]:
@@ -889,10 +951,10 @@ class Emulator:
         base = base_endpoint(endpoint)
         if base is None:
             return _error(404, "Not found")
-        if method != ENDPOINT_METHODS[base]:
+        if method not in ENDPOINT_METHODS[base]:
             return _error(405, "Method Not Allowed")
         payload: Dict[str, Any] = {}
-        if method in ("POST", "PUT"):
+        if method in ("POST", "PUT") and not (base == "queue" and not body.strip()):
             if "application/json" not in (content_type or "").lower():
                 return _error(415, "Unsupported Media Type")
             decoded = _decode_object(body)
@@ -909,6 +971,12 @@ class Emulator:
             return self._update_webhooks(instance, list(WEBHOOK_KINDS), payload)
         if base == "update-notify-sent-by-me":
             return self._update_notify(instance, payload)
+        if base == "update-queue-settings":
+            return self._update_queue_settings(instance, payload)
+        if base == "queue":
+            return self._queue(instance, method, payload)
+        if base == "queue/{zaapId}":
+            return self._delete_queued(instance, endpoint.strip("/").partition("/")[2])
         return self._instance_call(instance, base)
 
     def _instance_call(self, instance: EmulatedInstance, name: str) -> Reply:
@@ -986,6 +1054,63 @@ class Emulator:
         instance.notify_sent_by_me = notify
         return Reply(200, {"value": True})
 
+    def _update_queue_settings(
+        self, instance: EmulatedInstance, payload: Mapping[str, Any]
+    ) -> Reply:
+        disable = payload.get("disableEnqueueWhenDisconnected")
+        if not isinstance(disable, bool):
+            return _error(400, "disableEnqueueWhenDisconnected is required (true or false)")
+        instance.enqueue_when_disconnected = not disable
+        # What this endpoint answers is not documented (guess): Z-API's usual {"value": true}.
+        return Reply(200, {"value": True})
+
+    def _queue(self, instance: EmulatedInstance, method: str, payload: Mapping[str, Any]) -> Reply:
+        if method == "DELETE":
+            instance.queue.clear()
+            return Reply(200, {"value": True})
+        if method == "GET":
+            # The older docs' answer: everything, with its size.
+            return Reply(
+                200,
+                {
+                    "size": len(instance.queue),
+                    "messages": [_queue_entry(instance, r) for r in instance.queue],
+                },
+            )
+        size = payload.get("pageSize", QUEUE_DEFAULT_PAGE_SIZE)
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size:
+            return _error(400, "pageSize must be a positive whole number")
+        size = min(size, QUEUE_PAGE_SIZE)
+        start = _paging_offset(payload.get("pagingState"))
+        if start is None:
+            return _error(400, "pagingState is not one this queue gave")
+        page = instance.queue[start : start + size]
+        more = start + size < len(instance.queue)
+        body: Dict[str, Any] = {
+            "messages": [_queue_entry(instance, r) for r in page],
+            "hasMore": more,
+        }
+        if more:
+            body["pagingState"] = base64.urlsafe_b64encode(
+                json.dumps({"offset": start + size}).encode()
+            ).decode()
+        return Reply(200, body)
+
+    def _delete_queued(self, instance: EmulatedInstance, zaap_id: str) -> Reply:
+        kept = [r for r in instance.queue if r["zaap_id"] != zaap_id]
+        if len(kept) == len(instance.queue):
+            return _error(404, "Message not found in the queue")
+        instance.queue[:] = kept
+        return Reply(200, {"value": True})
+
+    def _flush_queue(self, instance: EmulatedInstance) -> None:
+        """The phone is back: Z-API sends what it queued, in order (docs: queue introduction)."""
+        queued, instance.queue[:] = list(instance.queue), []
+        for record in queued:
+            record["status"] = "SENT"
+            self._append(instance, record["body"]["phone"], record)
+            self._spawn(self._after_send(instance, record))
+
     def _read_message(self, instance: EmulatedInstance, payload: Mapping[str, Any]) -> Reply:
         problem = validate_send("read-message", payload)
         if problem is not None:
@@ -1010,9 +1135,12 @@ class Emulator:
         problem = validate_send(endpoint, payload)
         if problem is not None:
             return _error(400, problem)
-        # What a send answers while disconnected is not documented (guess). Z-API would rather
-        # queue it; refusing makes a channel that never checks the connection fail visibly.
-        if not instance.connected:
+        # Disconnected, Z-API queues the send (up to QUEUE_LIMIT) and answers as usual. With the
+        # queue turned off, or full, what it answers is not documented (guess): the same 400 as
+        # other calls that need the phone.
+        if not instance.connected and (
+            not instance.enqueue_when_disconnected or len(instance.queue) >= QUEUE_LIMIT
+        ):
             return _error(400, _NOT_CONNECTED)
         if faults.send_without_message_id > 0:
             faults.send_without_message_id -= 1
@@ -1029,14 +1157,40 @@ class Emulator:
             "momment": self.now_ms(),
             "status": "SENT",
         }
-        self._append(instance, payload["phone"], record)
-        # Z-API answers "queued" at once; delivery and status callbacks come later.
-        self._spawn(self._after_send(instance, record))
+        # Failures Z-API finds after it queued the message are decided now, so that the faults
+        # apply to the next sends in order.
+        if faults.refuse_buttons and base_endpoint(endpoint) in _INTERACTIVE:
+            record["delivery_error"] = BUTTON_TERMS_ERROR
+        elif faults.fail_deliveries > 0:
+            faults.fail_deliveries -= 1
+            record["delivery_error"] = faults.delivery_error
+        if not instance.connected:
+            record["status"] = "QUEUED"
+            instance.queue.append(record)
+        else:
+            self._append(instance, payload["phone"], record)
+            # Z-API answers "queued" at once; delivery and status callbacks come later.
+            self._spawn(self._after_send(instance, record))
         return Reply(200, {"zaapId": zaap_id, "messageId": message_id, "id": message_id})
 
     async def _after_send(self, instance: EmulatedInstance, record: Record) -> None:
         body: Mapping[str, Any] = record["body"]
         phone: str = body["phone"]
+        error = record.get("delivery_error")
+        if error is not None:
+            # The customer never sees it: a DeliveryCallback with the error, and no statuses.
+            record["status"] = "FAILED"
+            failed = {
+                "phone": phone,
+                "zaapId": record["zaap_id"],
+                "messageId": record["message_id"],
+                "instanceId": instance.instance_id,
+                "momment": self.now_ms(),
+                "type": "DeliveryCallback",
+                "error": error,
+            }
+            await self._post(instance, "delivery", failed)
+            return
         if instance.notify_sent_by_me:
             echo = _echo_content(record["endpoint"], body)
             if echo is not None:
@@ -1199,6 +1353,7 @@ class Emulator:
         instance.connected = body["connected"]
         if instance.connected:
             result = await self._post(instance, "connected", self._connected(instance))
+            self._flush_queue(instance)
         else:
             result = await self._post(instance, "disconnected", self._disconnected(instance))
         return Reply(

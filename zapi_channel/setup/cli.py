@@ -37,7 +37,7 @@ from typing import (
 )
 
 from zapi_channel import setup
-from zapi_channel.client import ZApiClient
+from zapi_channel.client import QueuedMessage, ZApiClient
 from zapi_channel.config import DEFAULT_STATE_PATH, ZApiCredentials, clean
 from zapi_channel.delivery import UNKNOWN, Journal, open_journal
 from zapi_channel.errors import (
@@ -231,6 +231,53 @@ async def _cmd_restart(args: argparse.Namespace, store: CredentialsFile, out: _O
         "run `zapi-channel verify` in a minute."
     )
     return EXIT_OK if confirmed else EXIT_ZAPI_ERROR
+
+
+#: How many queued messages `zapi-channel queue` prints (all of them are counted).
+_QUEUE_SHOWN = 10
+
+
+def _queued_line(message: QueuedMessage) -> str:
+    when = (
+        datetime.fromtimestamp(message.created, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        if message.created is not None
+        else "(time unknown)"
+    )
+    text = " ".join(message.text.split())
+    text = text if len(text) <= 60 else text[:59] + "…"
+    return f"  {when}  {message.phone or '(no phone)'}  {text!r}"
+
+
+async def _cmd_queue(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
+    async with _make_client(args.timeout)(setup.current_credentials(store)) as client:
+        contents = await client.queue()
+        if contents.size == 0:
+            out("Z-API's queue is empty: nothing waits to be sent.")
+            return EXIT_OK
+        out(f"{contents.size} message(s) wait in Z-API's queue, oldest first:")
+        out(*(_queued_line(m) for m in contents.messages[:_QUEUE_SHOWN]))
+        if contents.size > _QUEUE_SHOWN:
+            out(f"  ... and {contents.size - _QUEUE_SHOWN} more")
+        if args.queue_command != "clear":
+            out(
+                "Z-API sends them when the phone is connected again, however late. "
+                "`zapi-channel queue clear` drops them all."
+            )
+            return EXIT_OK
+        if not args.yes:
+            print(
+                f"Delete these {contents.size} message(s)? They will never be sent. "
+                "Type yes to confirm: ",
+                end="",
+                file=args.stdout,
+                flush=True,
+            )
+            if args.stdin.readline().strip().lower() not in ("y", "yes"):
+                out("Nothing was deleted.")
+                return EXIT_ZAPI_ERROR
+        await client.clear_queue()
+    out(f"Z-API's queue is cleared: {contents.size} message(s) will not be sent.")
+    return EXIT_OK
 
 
 async def _cmd_rotate(args: argparse.Namespace, store: CredentialsFile, out: _Out) -> int:
@@ -473,6 +520,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     restart.set_defaults(handler=_cmd_restart)
 
+    queue = subs.add_parser(
+        "queue", parents=[common], help="what waits in Z-API's queue (sends held while offline)"
+    )
+    queue.add_argument(
+        "queue_command",
+        nargs="?",
+        choices=("show", "clear"),
+        default="show",
+        metavar="ACTION",
+        help="show (the default) or clear: delete every queued message, after a confirmation",
+    )
+    queue.add_argument("--yes", action="store_true", help="clear without asking")
+    queue.set_defaults(handler=_cmd_queue)
+
     rotate = subs.add_parser(
         "rotate", parents=[common], help="replace credentials (validated before saving)"
     )
@@ -565,6 +626,7 @@ def main(
     args.credentials = getattr(args, "credentials", Path("credentials.yml"))
     args.timeout = getattr(args, "timeout", 15.0)
     args.stdin = stdin
+    args.stdout = stdout
     out = _Out(stdout)
     store = CredentialsFile(args.credentials)
     handler: Command = args.handler
