@@ -737,6 +737,34 @@ async def test_a_delivery_error_on_our_send_is_journaled_once(
     assert "zapi-channel failed retry" in caplog.text
 
 
+async def test_a_delivery_error_that_overtakes_the_answer_to_its_send_is_still_ours(
+    harness: Harness, callback: Load
+) -> None:
+    # Z-API posted the report before its answer to the send reached us: the send is still on
+    # the wire, and remembered only once that answer arrives.
+    body = {"phone": NUMBER, "message": "Your order is ready"}
+    message_id = "3EB0OVERTAKEN0000001"
+
+    async def answer_arrives_late() -> bool:
+        await asyncio.sleep(0.3)
+        await harness.channel.delivery.remember_outgoing(
+            message_id, {"endpoint": "send-text", "phone": NUMBER, "body": body}
+        )
+        return True
+
+    on_the_wire = asyncio.ensure_future(answer_arrives_late())
+    harness.channel._sends.add(on_the_wire)
+    try:
+        answer = await harness.post(
+            delivery_error(callback, message_id, "Phone number does not exist")
+        )
+    finally:
+        harness.channel._sends.discard(on_the_wire)
+    assert answer.json() == {"status": "logged"}
+    [entry] = await harness.channel.delivery.entries()
+    assert (entry.endpoint, entry.body) == ("send-text", body)
+
+
 async def test_a_delivery_error_for_a_message_we_do_not_know_is_only_logged(
     harness: Harness, callback: Load, caplog: pytest.LogCaptureFixture
 ) -> None:

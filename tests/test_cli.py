@@ -230,6 +230,18 @@ def test_a_failed_rotation_keeps_the_previous_credentials_byte_for_byte(project:
     assert_no_secret(output, "not-the-right-one")
 
 
+def test_register_webhook_takes_http_only_on_loopback_for_the_emulator(project: Project) -> None:
+    project.connect()
+    code, output = project.run("register-webhook", "--public-url", "http://127.0.0.1:5005")
+    assert code == 0, output
+    me = httpx.get(
+        f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}/me",
+        headers={"Client-Token": CLIENT},
+        timeout=5,
+    ).json()
+    assert me["receivedCallbackUrl"].startswith("http://127.0.0.1:5005/webhooks/zapi/webhook?")
+
+
 def test_register_webhook_refuses_http_and_sets_https(project: Project) -> None:
     project.connect()
     code, output = project.run("register-webhook", "--public-url", "http://bot.example.com")

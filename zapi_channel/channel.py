@@ -394,7 +394,7 @@ class ZApiInput(InputChannel):
     async def _owner_turn(self, message: InboundMessage) -> None:
         """The shop's owner wrote in this chat from the phone (or WhatsApp Web)."""
         conversation = message.conversation
-        if await self.delivery.outgoing(message.message_id) is not None:
+        if await self._sent_by_us(message.message_id) is not None:
             # The echo of one of our sends that Z-API did not mark fromApi: ours, not a human.
             logger.debug("Our own message %s came back; not a takeover", message.message_id)
             return
@@ -546,10 +546,23 @@ class ZApiInput(InputChannel):
             logger.log(*decision.log)
         return response.json(decision.body, status=decision.status)
 
+    async def _sent_by_us(self, message_id: str) -> Optional[Dict[str, Any]]:
+        """What we sent as ``message_id``, or ``None`` if it is not one of our sends.
+
+        Z-API may post a callback about a send (its echo, a delivery error) before its answer to
+        that send has reached us, so before the send is remembered: an unknown id waits for the
+        sends on the wire, briefly, and is looked up again.
+        """
+        sent = await self.delivery.outgoing(message_id)
+        if sent is None and self._sends:
+            await asyncio.wait(set(self._sends), timeout=min(self.config.timeout_seconds, 5.0))
+            sent = await self.delivery.outgoing(message_id)
+        return sent
+
     async def _delivery_failed(self, failure: DeliveryFailed) -> None:
         """A send Z-API had queued failed: keep it for a person, or fall back where that helps."""
         try:
-            sent = await self.delivery.outgoing(failure.message_id)
+            sent = await self._sent_by_us(failure.message_id)
         except StateUnavailable as exc:
             sent = None
             logger.warning("Could not look up sent message %s: %s", failure.message_id, exc)

@@ -529,8 +529,10 @@ def _disconnected(payload: Dict[str, Any]) -> Event:
         "The Z-API instance lost its WhatsApp session"
         + (f" ({_short(error, 200)})" if error else "")
         + ". Meanwhile Z-API queues the bot's answers and sends them, possibly hours late, once "
-        "the phone is back. To reconnect: check that the phone is on and online; then run "
-        "`zapi-channel restart`; if neither helps, scan the QR code again on Z-API's dashboard",
+        "the phone is back (with queue_when_disconnected: false it refuses them instead, and "
+        "they wait in `zapi-channel failed list`). To reconnect: check that the phone is on and "
+        "online; then run `zapi-channel restart`; if neither helps, scan the QR code again on "
+        "Z-API's dashboard",
         connected=False,
     )
 

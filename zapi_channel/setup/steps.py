@@ -52,14 +52,23 @@ def webhook_url(public_url: str, webhook_token: str) -> str:
     return f"{base}{WEBHOOK_PATH}?token={webhook_token}"
 
 
+#: Hosts whose http webhooks are let through: only the local emulator can post to them (Z-API
+#: itself cannot reach this machine's loopback, and refuses http anyway).
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def require_https(url: str) -> None:
     # Z-API's webhook settings accept https URLs only; refusing here gives a clearer message than
     # Z-API's own rejection.
-    if urlsplit(url).scheme != "https":
+    parts = urlsplit(url)
+    if parts.scheme == "http" and (parts.hostname or "").lower() in _LOOPBACK:
+        return
+    if parts.scheme != "https":
         raise ConfigError(
             "Z-API accepts only https webhook URLs. Put rasa run behind HTTPS (a reverse proxy "
             "or a tunnel such as ngrok or cloudflared) and pass that https address as "
-            "--public-url."
+            "--public-url. (http is accepted only for this machine's loopback, where the "
+            "local emulator posts.)"
         )
 
 
