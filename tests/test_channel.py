@@ -765,6 +765,40 @@ async def test_a_delivery_error_that_overtakes_the_answer_to_its_send_is_still_o
     assert (entry.endpoint, entry.body) == ("send-text", body)
 
 
+async def test_a_send_that_finishes_during_the_lookup_of_its_report_is_still_ours(
+    harness: Harness, callback: Load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = {"phone": NUMBER, "message": "Your order is ready"}
+    message_id = "3EB0OVERTAKEN0000002"
+    delivery = harness.channel.delivery
+
+    async def answer_arrives() -> bool:
+        await asyncio.sleep(0.05)
+        await delivery.remember_outgoing(
+            message_id, {"endpoint": "send-text", "phone": NUMBER, "body": body}
+        )
+        return True
+
+    on_the_wire = asyncio.ensure_future(answer_arrives())
+    harness.channel._sends.add(on_the_wire)
+    on_the_wire.add_done_callback(harness.channel._sends.discard)
+    lookup = delivery.outgoing
+    lookups = 0
+
+    async def slow_lookup(wanted: str) -> Optional[Dict[str, Any]]:
+        nonlocal lookups
+        lookups += 1
+        found = await lookup(wanted)
+        if lookups == 1:
+            await on_the_wire  # the send's answer arrives while this lookup runs
+        return found
+
+    monkeypatch.setattr(delivery, "outgoing", slow_lookup)
+    await harness.post(delivery_error(callback, message_id, "Phone number does not exist"))
+    [entry] = await delivery.entries()
+    assert entry.body == body
+
+
 async def test_a_delivery_error_for_a_message_we_do_not_know_is_only_logged(
     harness: Harness, callback: Load, caplog: pytest.LogCaptureFixture
 ) -> None:

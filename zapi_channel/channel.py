@@ -553,9 +553,12 @@ class ZApiInput(InputChannel):
         that send has reached us, so before the send is remembered: an unknown id waits for the
         sends on the wire, briefly, and is looked up again.
         """
+        # Taken before the lookup: a send that finishes while the lookup runs is waited for too
+        # (already done by then), and looked up again after it.
+        on_the_wire = set(self._sends)
         sent = await self.delivery.outgoing(message_id)
-        if sent is None and self._sends:
-            await asyncio.wait(set(self._sends), timeout=min(self.config.timeout_seconds, 5.0))
+        if sent is None and on_the_wire:
+            await asyncio.wait(on_the_wire, timeout=min(self.config.timeout_seconds, 5.0))
             sent = await self.delivery.outgoing(message_id)
         return sent
 
