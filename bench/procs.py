@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from scripts.children import stop_group, wait_http
+from scripts.children import child_dies_with_parent, stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -58,6 +58,8 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Even a test run (or a benchmark) killed with SIGKILL leaves no server behind.
+            preexec_fn=child_dies_with_parent,
         )
 
     @property

@@ -9,6 +9,11 @@ processes, wires them together and streams their logs until Ctrl-C:
 
 ``--smoke`` starts everything, has a customer say "hi" through the emulator, prints the bot's
 answers and stops: the README's first command, checked by the test suite.
+
+Ctrl-C (SIGINT), SIGTERM (an IDE's stop button, ``timeout``) and SIGHUP (a closed terminal, a
+dropped SSH session) all stop the three children, ``rasa run`` first, and nothing is left
+behind. On Linux the children also die with this script if it is killed outright (SIGKILL),
+and this script with ``make`` (a parent-death signal); elsewhere a SIGKILL leaves them running.
 """
 
 from __future__ import annotations
@@ -52,9 +57,31 @@ RESET = "\033[0m"
 
 
 def say(name: str, line: str) -> None:
-    colour = COLOURS.get(name, "") if sys.stdout.isatty() else ""
-    reset = RESET if colour else ""
-    print(f"{colour}{name:>8} |{reset} {line}", flush=True)
+    try:
+        colour = COLOURS.get(name, "") if sys.stdout.isatty() else ""
+        reset = RESET if colour else ""
+        print(f"{colour}{name:>8} |{reset} {line}", flush=True)
+    except (OSError, ValueError):
+        # The terminal is gone (SIGHUP from a closed window): stopping must go on regardless.
+        pass
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: stop everything, as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _ignore_further_signals() -> None:
+    # While the children stop, a second Ctrl-C or SIGTERM must not cut the stopping short.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def fingerprint() -> str:
@@ -106,6 +133,8 @@ class Child:
             errors="replace",
             # Ctrl-C reaches only this script, which then stops the children in order.
             start_new_session=True,
+            # ...and if this script is killed outright, the kernel stops them (Linux).
+            preexec_fn=children.child_dies_with_parent,
         )
         self._reader = threading.Thread(target=self._stream, daemon=True)
         self._reader.start()
@@ -116,13 +145,8 @@ class Child:
             say(self.name, line.rstrip())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        # The child's whole process group: whatever it started goes too.
+        children.stop_group(self.proc, 15)
         self._reader.join(2)
 
 
@@ -191,14 +215,55 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="say hi once, print the answers, stop")
     args = parser.parse_args(argv)
+    # make is this script's parent: if make is killed outright, this script still stops.
+    children.die_with_parent(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _stop_on)
+    signal.signal(signal.SIGHUP, _stop_on)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        # Ctrl-C during training, before any child was started.
+        say("run", "Stopped.")
+        return 0
+    except Stopped as exc:
+        say("run", f"Stopped ({exc}).")
+        return 0
 
+
+def ports_taken(ports: Dict[str, int]) -> List[str]:
+    """One line per port that is already in use, saying what uses it when that can be known."""
+    lines = []
+    for name, port in ports.items():
+        if not children.port_is_free(port):
+            owner = children.port_owner(port)
+            lines.append(
+                f"Port {port} ({name}) is taken"
+                + (f" by {owner}" if owner else " by another process")
+                + "."
+            )
+    return lines
+
+
+def _run(args: argparse.Namespace) -> int:
+    taken = ports_taken(
+        {"emulator": args.emulator_port, "actions": args.actions_port, "rasa": args.rasa_port}
+    )
+    if taken:
+        for line in taken:
+            say("run", line)
+        say(
+            "run",
+            "Is another `make run` still running? Stop it, or choose other ports: "
+            "EMULATOR_PORT=8301 ACTIONS_PORT=5056 RASA_PORT=5006 make run",
+        )
+        return 1
     train_if_needed()
     emulator_url = f"http://127.0.0.1:{args.emulator_port}"
     rasa_url = f"http://127.0.0.1:{args.rasa_port}"
     webhook_token = secrets.token_urlsafe(32)
     files = write_config(emulator_url, args.actions_port, webhook_token)
 
-    children: List[Child] = []
+    started: List[Child] = []
     try:
         emulator = Child(
             "emulator",
@@ -211,13 +276,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "--webhook-url", f"{rasa_url}/webhooks/zapi/webhook?token={webhook_token}",
             ],
         )  # fmt: skip
-        children.append(emulator)
+        started.append(emulator)
         actions = Child(
             "actions",
             [str(BIN / "rasa"), "run", "actions", "--actions", "actions",
              "-p", str(args.actions_port)],
         )  # fmt: skip
-        children.append(actions)
+        started.append(actions)
         rasa = Child(
             "rasa",
             [
@@ -228,7 +293,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "-i", "127.0.0.1", "-p", str(args.rasa_port),
             ],
         )  # fmt: skip
-        children.append(rasa)
+        started.append(rasa)
         wait_http(emulator, f"{emulator_url}/_emulator/health", 30)
         wait_http(actions, f"http://127.0.0.1:{args.actions_port}/health", 120)
         wait_http(rasa, f"{rasa_url}/webhooks/zapi/", 240)
@@ -237,16 +302,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("run", "")
         say("run", f"Ready. Chat with the bot at {emulator_url}/  (Ctrl-C stops everything)")
         say("run", "")
-        while all(child.proc.poll() is None for child in children):
+        while all(child.proc.poll() is None for child in started):
             time.sleep(0.5)
-        stopped = next(child for child in children if child.proc.poll() is not None)
+        stopped = next(child for child in started if child.proc.poll() is not None)
         say("run", f"{stopped.name} stopped (exit {stopped.proc.returncode}); stopping the rest")
         return 1
     except KeyboardInterrupt:
         say("run", "Stopping...")
         return 0
+    except Stopped as exc:
+        say("run", f"Stopping ({exc})...")
+        return 0
     finally:
-        for child in reversed(children):
+        _ignore_further_signals()
+        for child in reversed(started):
             child.stop()
 
 

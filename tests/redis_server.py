@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import socket
 import subprocess
 import time
-from typing import Optional
+from typing import List, Optional
+
+from scripts.children import child_dies_with_parent
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -20,6 +23,19 @@ def _answers(port: int) -> bool:
         return False
 
 
+_started: List[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _stop_started() -> None:
+    for proc in _started:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def ensure_redis() -> Optional[str]:
     """A redis:// URL that answers, starting ``redis-server`` on a free port when needed."""
     if _answers(6379):
@@ -30,12 +46,15 @@ def ensure_redis() -> Optional[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "yes"],
+    # A child of the test run, not a daemon: it stops when the run ends, and dies with it if
+    # the run is killed.
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        preexec_fn=child_dies_with_parent,
+    )
+    _started.append(proc)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if _answers(port):

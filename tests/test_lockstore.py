@@ -30,6 +30,7 @@ import redis.asyncio
 from rasa.core.lock_store import LockError, LockStore, RedisLockStore
 from rasa.utils.endpoints import EndpointConfig
 
+from scripts.children import child_dies_with_parent
 from zapi_channel.errors import ConfigError
 from zapi_channel.lockstore import AtomicRedisLockStore, RedisLockSettings
 
@@ -76,6 +77,7 @@ def redis_server() -> Iterator[RedisServer]:
         [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=child_dies_with_parent,
     )
     try:
         deadline = time.monotonic() + 5
