@@ -913,3 +913,92 @@ async def test_a_queue_setting_z_api_refuses_is_a_warning_and_the_bot_still_answ
     for secret in SECRETS:
         assert secret not in caplog.text
     assert (await harness.post(callback("received_text"))).json() == {"status": "accepted"}
+
+
+# -- the metrics endpoint ------------------------------------------------------------------------
+
+METRICS_TOKEN = "metrics-token-for-tests-3f9a1c"
+
+
+def scraped(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def webhooks(found: Dict[Any, float], outcome: str, reason: str = "") -> float:
+    return found.get(("zapi_webhooks_total", (("outcome", outcome), ("reason", reason))), 0.0)
+
+
+async def test_there_is_no_metrics_endpoint_without_a_metrics_token(harness: Harness) -> None:
+    answer = await harness.http.get("/webhooks/zapi/metrics")
+    assert answer.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [(None, 401), ("Bearer wrong-token-but-long-enough", 403), (METRICS_TOKEN, 403)],
+)
+async def test_metrics_need_the_bearer_token(
+    make_harness: Callable[..., Any], header: Optional[str], status: int
+) -> None:
+    harness = await make_harness(metrics_token=METRICS_TOKEN)
+    headers = {"Authorization": header} if header is not None else {}
+    answer = await harness.http.get("/webhooks/zapi/metrics", headers=headers)
+    assert answer.status_code == status
+    assert "zapi_webhooks" not in answer.text
+    if status == 401:
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_metrics_count_what_the_webhook_did_with_bounded_labels(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness(metrics_token=METRICS_TOKEN)
+    text = callback("received_text")
+    await harness.post(with_id(text, "M1"))
+    await harness.post(with_id(text, "M2"))
+    await harness.post(with_id(text, "M1"))  # a redelivery
+    await harness.post(callback("received_group_text"))
+    await harness.post(b"not json")
+    await harness.post(with_id(text, "M3"), token="wrong")
+    await harness.settle()
+    answer = await harness.http.get(
+        "/webhooks/zapi/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    found = scraped(answer.text)
+    assert webhooks(found, "accepted") == 2
+    assert webhooks(found, "duplicate") == 1
+    assert webhooks(found, "ignored", "group") == 1
+    assert webhooks(found, "invalid") == 1
+    assert webhooks(found, "refused") == 1
+    assert found[("zapi_webhook_ack_seconds_count", ())] == 6
+    assert found[("zapi_turn_seconds_count", ())] == 2
+    assert found[("zapi_inbox_backlog", ())] == 0
+    assert found[("zapi_failed_sends", ())] == 0
+    # No label carries a phone number, a message id or a secret.
+    for secret in (*SECRETS, METRICS_TOKEN, text["phone"], "M1", "M2"):
+        assert secret not in answer.text
+
+
+async def test_metrics_show_the_journal_and_the_connection(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness(metrics_token=METRICS_TOKEN)
+    await harness.channel.delivery.record(
+        "send-text", {"phone": NUMBER, "message": "x"}, "boom", "failed"
+    )
+    await harness.post(callback("disconnected"))
+    answer = await harness.http.get(
+        "/webhooks/zapi/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    found = scraped(answer.text)
+    assert found[("zapi_failed_sends", ())] == 1
+    assert found[("zapi_whatsapp", (("zapi_whatsapp", "disconnected"),))] == 1
+    assert webhooks(found, "event") == 1

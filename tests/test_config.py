@@ -93,6 +93,16 @@ def test_queue_when_disconnected_is_unset_unless_written() -> None:
         ChannelConfig.from_mapping(channel_block(queue_when_disconnected="sometimes"))
 
 
+def test_metrics_token_is_a_secret_of_some_length() -> None:
+    token = "m" * 16
+    config = ChannelConfig.from_mapping(channel_block(metrics_token=f"  {token}\n"))
+    assert config.metrics_token == token
+    assert token in config.secrets() and token not in repr(config)
+    assert ChannelConfig.from_mapping(channel_block()).metrics_token is None
+    with pytest.raises(ConfigError, match="at least 16"):
+        ChannelConfig.from_mapping(channel_block(metrics_token="short"))
+
+
 def test_delay_typing_is_bounded_like_zapi_documents() -> None:
     assert ChannelConfig.from_mapping(channel_block(delay_typing="3")).delay_typing == 3
     with pytest.raises(ConfigError, match="delay_typing"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 import time
 from datetime import datetime, timezone
@@ -33,6 +34,7 @@ from zapi_channel.conversations import Conversations, NoConversations, RasaConve
 from zapi_channel.delivery import FAILED, UNKNOWN, Delivery, open_delivery
 from zapi_channel.errors import StateError, StateUnavailable, TransportError, ZApiError
 from zapi_channel.inbound import DeliveryFailed, InboundMessage
+from zapi_channel.metrics import CONTENT_TYPE, Metrics
 from zapi_channel.outbound import (
     InvalidCustomPayload,
     buttons_request,
@@ -50,6 +52,7 @@ from zapi_channel.webhook import (
     NOT_KEPT,
     Accept,
     Connection,
+    Reply,
     Report,
     after_accept,
     authenticate,
@@ -87,10 +90,12 @@ class ZApiOutput(OutputChannel):
         in_flight: Optional[Set[asyncio.Task[bool]]] = None,
         conversation: Optional[str] = None,
         reply_to: Optional[str] = None,
+        metrics: Optional[Metrics] = None,
     ) -> None:
         self.client = client
         self.config = config
         self.delivery = delivery
+        self._metrics = metrics
         # Rasa addresses answers to the conversation (sender_id); WhatsApp takes them at the
         # phone the customer's message came from, exactly as Z-API sent it.
         self._conversation = conversation
@@ -139,8 +144,12 @@ class ZApiOutput(OutputChannel):
             # Retries (zapi_channel.retry) are exhausted, or repeating could deliver twice.
             sent = isinstance(exc, TransportError) and exc.request_sent
             outcome = UNKNOWN if sent else FAILED
+            if self._metrics is not None:
+                self._metrics.sent(endpoint, outcome)
             await self._journal(endpoint, request, str(exc), outcome)
             return False
+        if self._metrics is not None:
+            self._metrics.sent(endpoint, "sent")
         try:
             # Its echo ("notify sent by me") must not read as the owner taking over.
             await self.delivery.remember_outgoing(
@@ -308,6 +317,10 @@ class ZApiInput(InputChannel):
             raise
         self._sends: Set[asyncio.Task[bool]] = set()
         self._background: Set[asyncio.Future[None]] = set()
+        self.metrics = Metrics()
+        self._metrics_auth = (
+            f"Bearer {config.metrics_token}".encode() if config.metrics_token else None
+        )
         self._refused = 0
         self._refused_reported_at = -60.0
         self._not_kept = 0
@@ -330,6 +343,7 @@ class ZApiInput(InputChannel):
                 http_client=self._http_client,
                 timeout=self.config.timeout_seconds,
                 retry=RetryPolicy(attempts=self.config.retry_attempts),
+                on_retry=self.metrics.retried,
             )
         return self._client
 
@@ -344,6 +358,7 @@ class ZApiInput(InputChannel):
             in_flight=self._sends,
             conversation=message.conversation if message is not None else None,
             reply_to=message.phone if message is not None else None,
+            metrics=self.metrics,
         )
 
     async def close(self, grace_seconds: Optional[float] = None) -> None:
@@ -378,6 +393,14 @@ class ZApiInput(InputChannel):
         await self.delivery.aclose()
 
     async def _turn(
+        self,
+        message: InboundMessage,
+        on_new_message: Callable[[UserMessage], Awaitable[Any]],
+    ) -> None:
+        with self.metrics.turn_seconds.time():
+            await self._one_turn(message, on_new_message)
+
+    async def _one_turn(
         self,
         message: InboundMessage,
         on_new_message: Callable[[UserMessage], Awaitable[Any]],
@@ -508,16 +531,16 @@ class ZApiInput(InputChannel):
         else:
             logger.debug("Still unable to keep messages in %s: %s", exc.where, exc)
 
-    async def _keep(self, message: InboundMessage) -> HTTPResponse:
+    async def _keep(self, message: InboundMessage) -> Reply:
         if self._closed:
             # Stopped: Z-API's resend reaches the next start (or another instance).
             logger.info("Stopped: answered 503 to message %s", message.message_id)
-            return response.json(NOT_KEPT.body, status=NOT_KEPT.status)
+            return NOT_KEPT
         try:
             new = await self.delivery.accept(message)
         except StateUnavailable as exc:
             self._not_kept_report(message, exc)
-            return response.json(NOT_KEPT.body, status=NOT_KEPT.status)
+            return NOT_KEPT
         if self._not_kept:
             logger.warning(
                 "Messages are kept in %s again (%d webhook(s) answered 503 meanwhile)",
@@ -525,26 +548,32 @@ class ZApiInput(InputChannel):
                 self._not_kept,
             )
             self._not_kept = 0
-        reply = after_accept(new)
-        return response.json(reply.body, status=reply.status)
+        return after_accept(new)
 
     async def _receive(self, request: Request) -> HTTPResponse:
+        started = time.perf_counter()
+        reply = await self._answer(request)
+        self.metrics.ack_seconds.observe(time.perf_counter() - started)
+        self.metrics.webhook(reply.outcome, reply.reason)
+        return response.json(reply.body, status=reply.status)
+
+    async def _answer(self, request: Request) -> Reply:
         refused = authenticate(request.query_string, self._token_query, self.config.webhook_token)
         if refused is not None:
             self._refused_request(request)
-            return response.json(refused.body, status=refused.status)
+            return refused
         decision = decide(request.body or b"", self.config)
         if isinstance(decision, Accept):
             return await self._keep(decision.message)
         if isinstance(decision, Report):
             await self._delivery_failed(decision.failure)
-            return response.json(LOGGED.body)
+            return LOGGED
         if isinstance(decision, Connection):
             await self._connection_changed(decision)
-            return response.json(LOGGED.body)
+            return LOGGED
         if decision.log is not None:
             logger.log(*decision.log)
-        return response.json(decision.body, status=decision.status)
+        return decision
 
     async def _sent_by_us(self, message_id: str) -> Optional[Dict[str, Any]]:
         """What we sent as ``message_id``, or ``None`` if it is not one of our sends.
@@ -580,6 +609,7 @@ class ZApiInput(InputChannel):
                 failure.error,
                 code,
             )
+            self.metrics.delivery_failures.labels("foreign").inc()
             return
         endpoint = str(sent.get("endpoint") or "")
         body = dict(sent.get("body") or {})
@@ -598,7 +628,9 @@ class ZApiInput(InputChannel):
             phone = str(body.get("phone") or failure.phone)
             # Not awaited: Z-API's callback gets its answer now, not after our send.
             self._in_background(self.get_output_channel().send_text_message(phone, message))
+            self.metrics.delivery_failures.labels("fallback").inc()
             return
+        self.metrics.delivery_failures.labels("journaled").inc()
         await self.get_output_channel()._journal(
             endpoint, body, f"Z-API reported after queueing it: {failure.error}{code}", FAILED
         )
@@ -640,6 +672,7 @@ class ZApiInput(InputChannel):
         except StateUnavailable as exc:
             before = None
             logger.warning("Could not note the WhatsApp connection state: %s", exc)
+        self.metrics.connection(change.connected)
         event = change.event
         changed = before is None or before[0] != change.connected
         logger.log(event.level if changed else logging.DEBUG, "%s: %s", event.type, event.summary)
@@ -664,6 +697,35 @@ class ZApiInput(InputChannel):
             )
         return response.json(health)
 
+    async def _metrics(self, request: Request) -> HTTPResponse:
+        given = request.headers.get("authorization")
+        assert self._metrics_auth is not None  # the route exists only with a token
+        if not given:
+            return response.json(
+                {"error": "missing token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="zapi-channel metrics"'},
+            )
+        if not hmac.compare_digest(given.strip().encode(), self._metrics_auth):
+            return response.json({"error": "invalid token"}, status=403)
+        await self._refresh_gauges()
+        return response.raw(self.metrics.render(), content_type=CONTENT_TYPE)
+
+    async def _refresh_gauges(self) -> None:
+        """What the state holds, read at scrape time (it may change behind our back: the CLI
+        resends failed entries and ends handoffs)."""
+        metrics = self.metrics
+        metrics.inbox_backlog.set(self.delivery.pending)
+        try:
+            metrics.failed_sends.set(len(await self.delivery.entries()))
+            metrics.paused_conversations.set(len(await self.delivery.handoffs()))
+            state = await self.delivery.whatsapp()
+        except StateUnavailable as exc:
+            # The scrape still answers: the gauges keep their last values.
+            logger.warning("Metrics: could not read %s: %s", self.delivery.where, exc)
+            return
+        metrics.connection(state[0] if state is not None else None)
+
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
         # A unique blueprint name per channel object: sanic refuses two blueprints of one name,
         # and tests build several apps in one process.
@@ -675,6 +737,9 @@ class ZApiInput(InputChannel):
 
         async def receive(request: Request) -> HTTPResponse:
             return await self._receive(request)
+
+        async def metrics(request: Request) -> HTTPResponse:
+            return await self._metrics(request)
 
         async def run_turn(message: InboundMessage) -> None:
             await self._turn(message, on_new_message)
@@ -700,6 +765,8 @@ class ZApiInput(InputChannel):
         # Registered by call rather than decorator: sanic's decorators are untyped.
         bp.add_route(health, "/", methods=["GET"])
         bp.add_route(receive, "/webhook", methods=["POST"])
+        if self._metrics_auth is not None:
+            bp.add_route(metrics, "/metrics", methods=["GET"])
         bp.listener(start, "after_server_start")
         bp.listener(finish, "before_server_stop")
         return bp

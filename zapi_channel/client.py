@@ -262,11 +262,13 @@ class ZApiClient:
         timeout: float = DEFAULT_TIMEOUT,
         retry: Optional[RetryPolicy] = None,
         sleep: Optional[Callable[[float], Awaitable[Any]]] = None,
+        on_retry: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.credentials = credentials
         #: Sends are retried on transient failures; one attempt means no retry.
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._on_retry = on_retry
         self._owns_client = http_client is None
         self._urls: Dict[str, httpx.URL] = {}
         self._http = http_client or httpx.AsyncClient(
@@ -370,7 +372,9 @@ class ZApiClient:
             status, answer = await self._call("POST", endpoint, body)
             return _send_result(endpoint, answer, status, self.credentials.secrets())
 
-        return await self.retry.run(attempt, endpoint=endpoint, sleep=self._sleep)
+        return await self.retry.run(
+            attempt, endpoint=endpoint, sleep=self._sleep, on_retry=self._on_retry
+        )
 
     # -- instance -------------------------------------------------------------------------------
 

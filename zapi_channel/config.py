@@ -166,6 +166,9 @@ class ChannelConfig:
     #: late) on reconnect. ``None``, the default, leaves the instance's setting alone (Z-API's own
     #: default: it queues); ``True`` or ``False`` is applied when the bot starts.
     queue_when_disconnected: Optional[bool] = None
+    #: Serves Prometheus metrics at /webhooks/zapi/metrics to ``Authorization: Bearer <it>``;
+    #: unset, there is no metrics endpoint (the webhook is public, metrics must not be).
+    metrics_token: Optional[str] = field(default=None, repr=False)
     #: Shared state for several instances: dedup, numbered choices, sent markers, durable inbox.
     redis_url: Optional[str] = field(default=None, repr=False)
     #: Prefix of every Redis key of this bot (two bots may share one Redis).
@@ -177,6 +180,12 @@ class ChannelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "webhook_token", clean(self.webhook_token))
+        if self.metrics_token is not None and len(clean(self.metrics_token)) < 16:
+            # It guards the metrics of a public server: a short one could be guessed.
+            raise ConfigError(
+                "'metrics_token' must be at least 16 characters (for example the output of "
+                '`python -c "import secrets; print(secrets.token_urlsafe(32))"`)'
+            )
         if self.buttons_as not in BUTTON_MODES:
             raise ConfigError(
                 f"'buttons_as' must be one of {', '.join(BUTTON_MODES)}, not {self.buttons_as!r}"
@@ -211,7 +220,8 @@ class ChannelConfig:
         )
 
     def secrets(self) -> Tuple[str, ...]:
-        return (*self.credentials.secrets(), self.webhook_token)
+        extra = (self.metrics_token,) if self.metrics_token else ()
+        return (*self.credentials.secrets(), self.webhook_token, *extra)
 
 
 def _media_texts(key: str, value: Any) -> Dict[str, str]:
@@ -261,6 +271,7 @@ _COERCERS: Mapping[str, Callable[[str, Any], Any]] = {
     "handoff_minutes": as_float,
     "handoff_resume_command": _text_value,
     "queue_when_disconnected": as_bool,
+    "metrics_token": _text_value,
     "redis_url": _text_value,
     "redis_prefix": _text_value,
     "inbox_partitions": _ranged(1, 256),

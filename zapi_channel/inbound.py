@@ -98,6 +98,8 @@ class InboundMessage:
 @dataclass(frozen=True)
 class Ignored:
     reason: str
+    #: The reason's class, one of :data:`IGNORED_KINDS`: bounded, so it can label a metric.
+    kind: str = "other"
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,20 @@ class DeliveryFailed:
 
 
 Parsed = Union[InboundMessage, Ignored, Event, Invalid, DeliveryFailed]
+
+#: Every :attr:`Ignored.kind`.
+IGNORED_KINDS = (
+    "other_instance",
+    "unknown_type",
+    "notification",
+    "broadcast",
+    "edit",
+    "group",
+    "own_message",
+    "empty",
+    "reaction",
+    "other",
+)
 
 
 #: Z-API's message ids are 20-32 characters; a longer one is not Z-API's, and bounding it keeps
@@ -277,12 +293,14 @@ def _parse(payload: Dict[str, Any], config: ChannelConfig) -> Parsed:
         return Invalid("the body has no 'type': not a Z-API callback")
     instance_id = payload.get("instanceId")
     if instance_id != config.credentials.instance_id:
-        return Ignored("the callback's instanceId is not this channel's instance")
+        return Ignored(
+            "the callback's instanceId is not this channel's instance", kind="other_instance"
+        )
     if kind == "ReceivedCallback":
         return _received(payload, config, instance_id)
     handler = _EVENTS.get(kind)
     if handler is None:
-        return Ignored(f"unknown callback type {_short(kind, 60)!r}")
+        return Ignored(f"unknown callback type {_short(kind, 60)!r}", kind="unknown_type")
     return handler(payload)
 
 
@@ -290,9 +308,12 @@ def _received(payload: Dict[str, Any], config: ChannelConfig, instance_id: str) 
     # Notifications and placeholders first: they are never a conversation, so they get a 2xx
     # whatever they lack (profile and label notifications come without a messageId).
     if payload.get("notification") is not None:
-        return Ignored(f"a system notification ({_short(payload.get('notification'), 40)})")
+        return Ignored(
+            f"a system notification ({_short(payload.get('notification'), 40)})",
+            kind="notification",
+        )
     if _flag(payload, "waitingMessage"):
-        return Ignored("a 'waiting for this message' placeholder with no content")
+        return Ignored("a 'waiting for this message' placeholder with no content", kind="empty")
     raw_phone = _str(payload.get("phone"))
     raw_id = _id(payload.get("messageId"))
     if raw_phone is None:
@@ -307,25 +328,29 @@ def _received(payload: Dict[str, Any], config: ChannelConfig, instance_id: str) 
 
     # Order matters only for the reason logged; every rule here means "do not answer".
     if _flag(payload, "isNewsletter") or chat.endswith("@newsletter"):
-        return Ignored("a channel (newsletter) post")
+        return Ignored("a channel (newsletter) post", kind="broadcast")
     if _flag(payload, "broadcast") or chat.endswith(("@broadcast", "-broadcast")):
-        return Ignored("a broadcast list or status message")
+        return Ignored("a broadcast list or status message", kind="broadcast")
     if _flag(payload, "isStatusReply"):
-        return Ignored("a reply to a WhatsApp status")
+        return Ignored("a reply to a WhatsApp status", kind="broadcast")
     if _flag(payload, "isEdit"):
         # The original message was already answered; answering the edit would answer twice.
-        return Ignored("an edit of an earlier message")
+        return Ignored("an edit of an earlier message", kind="edit")
     is_group = _flag(payload, "isGroup") or chat.endswith(("-group", "@g.us"))
     if is_group and not config.allow_groups:
-        return Ignored("a group message (set allow_groups: true to answer groups)")
+        return Ignored("a group message (set allow_groups: true to answer groups)", kind="group")
 
     from_owner = _flag(payload, "fromMe")
     if from_owner and _flag(payload, "fromApi"):
         # Ours (or another API client's) echoed by "notify sent by me"; a human types on the
         # phone or WhatsApp Web, where fromApi is false or missing.
-        return Ignored("our own message (fromMe, fromApi): answering it would loop forever")
+        return Ignored(
+            "our own message (fromMe, fromApi): answering it would loop forever", kind="own_message"
+        )
     if from_owner and config.handoff_minutes <= 0:
-        return Ignored("the business's own message (fromMe); human takeover is off")
+        return Ignored(
+            "the business's own message (fromMe); human takeover is off", kind="own_message"
+        )
     content = _content(payload, config, from_owner)
     if isinstance(content, Ignored):
         return content
@@ -370,12 +395,15 @@ def _content(
     if from_owner:
         done = sorted(key for key in _OWNER_NON_MESSAGES if isinstance(payload.get(key), dict))
         if done:
-            return Ignored(f"the owner's {done[0]} on the phone, not a message to the customer")
+            return Ignored(
+                f"the owner's {done[0]} on the phone, not a message to the customer",
+                kind="own_message",
+            )
     text_obj = payload.get("text")
     if isinstance(text_obj, dict):
         message = _str(text_obj.get("message"))
         if message is None:
-            return Ignored("a text message with no text")
+            return Ignored("a text message with no text", kind="empty")
         return "text", message, {}
 
     button = payload.get("buttonsResponseMessage")
@@ -383,7 +411,7 @@ def _content(
         # The button's id is what the bot receives, so an id such as "/greet" triggers that intent.
         chosen = _str(button.get("buttonId")) or _str(button.get("message"))
         if chosen is None:
-            return Ignored("a button reply with neither buttonId nor message")
+            return Ignored("a button reply with neither buttonId nor message", kind="empty")
         return (
             "button_reply",
             chosen,
@@ -394,7 +422,7 @@ def _content(
     if isinstance(listed, dict):
         chosen = _str(listed.get("selectedRowId")) or _str(listed.get("title"))
         if chosen is None:
-            return Ignored("a list reply with neither selectedRowId nor title")
+            return Ignored("a list reply with neither selectedRowId nor title", kind="empty")
         return (
             "list_reply",
             chosen,
@@ -440,10 +468,12 @@ def _content(
     reaction = payload.get("reaction")
     if isinstance(reaction, dict):
         if not config.allow_reactions:
-            return Ignored("a reaction (set allow_reactions: true to receive reactions)")
+            return Ignored(
+                "a reaction (set allow_reactions: true to receive reactions)", kind="reaction"
+            )
         value = reaction.get("value")
         if not _str(value):
-            return Ignored("a reaction was removed")
+            return Ignored("a reaction was removed", kind="reaction")
         referenced = reaction.get("referencedMessage")
         return (
             "reaction",
@@ -464,7 +494,7 @@ def _content(
         if isinstance(value, dict) and key not in _NOT_CONTENT and len(key) <= 64
     )
     if not present:
-        return Ignored("a message with no content object")
+        return Ignored("a message with no content object", kind="empty")
     # Content of a kind this channel does not know (a poll, an order, a payment, a kind Z-API
     # adds later): the customer said something, so the bot hears of it rather than nothing.
     kind = present[0]
@@ -555,6 +585,7 @@ _EVENTS = {
 
 
 __all__ = [
+    "IGNORED_KINDS",
     "DeliveryFailed",
     "Event",
     "Ignored",

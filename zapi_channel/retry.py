@@ -79,10 +79,16 @@ class RetryPolicy:
         *,
         endpoint: str,
         sleep: Optional[Callable[[float], Awaitable[Any]]] = None,
+        on_retry: Optional[Callable[[str], None]] = None,
     ) -> T:
-        """Run ``call``, repeating it on transient failures; the last failure is re-raised."""
+        """Run ``call``, repeating it on transient failures; the last failure is re-raised.
+
+        ``on_retry(endpoint)`` is told of each new attempt (the metrics count them).
+        """
 
         def log_retry(state: RetryCallState) -> None:
+            if on_retry is not None:
+                on_retry(endpoint)
             exc = state.outcome.exception() if state.outcome is not None else None
             wait = state.next_action.sleep if state.next_action is not None else 0.0
             logger.warning(

@@ -32,6 +32,10 @@ class Reply:
     status: int
     body: Dict[str, str]
     log: Optional[Tuple[Any, ...]] = field(default=None, compare=False)
+    #: What the webhook counts it as (the ``outcome`` label of ``zapi_webhooks_total``), and for
+    #: an ignored callback its :attr:`~zapi_channel.inbound.Ignored.kind`.
+    outcome: str = field(default="event", compare=False)
+    reason: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,14 @@ class Connection:
 
 Decision = Union[Reply, Accept, Report, Connection]
 
-MISSING_TOKEN = Reply(401, {"error": "missing token"})
-INVALID_TOKEN = Reply(403, {"error": "invalid token"})
-TOO_LARGE = Reply(413, {"error": "body too large"})
-ACCEPTED = Reply(200, {"status": "accepted"})
-DUPLICATE = Reply(200, {"status": "duplicate"})
-NOT_KEPT = Reply(503, {"error": "could not store the message; send it again"})
+MISSING_TOKEN = Reply(401, {"error": "missing token"}, outcome="refused")
+INVALID_TOKEN = Reply(403, {"error": "invalid token"}, outcome="refused")
+TOO_LARGE = Reply(413, {"error": "body too large"}, outcome="too_large")
+ACCEPTED = Reply(200, {"status": "accepted"}, outcome="accepted")
+DUPLICATE = Reply(200, {"status": "duplicate"}, outcome="duplicate")
+NOT_KEPT = Reply(
+    503, {"error": "could not store the message; send it again"}, outcome="unavailable"
+)
 LOGGED = Reply(200, {"status": "logged"})
 
 
@@ -106,10 +112,11 @@ def decide(body: bytes, config: ChannelConfig) -> Decision:
                     "The channel is inactive (active: false): dropped message %s",
                     parsed.message_id,
                 ),
+                outcome="inactive",
             )
         return Accept(parsed)
     if isinstance(parsed, Invalid):
-        return Reply(400, {"error": parsed.reason})
+        return Reply(400, {"error": parsed.reason}, outcome="invalid")
     if isinstance(parsed, DeliveryFailed):
         return Report(parsed)
     if isinstance(parsed, Ignored):
@@ -117,6 +124,8 @@ def decide(body: bytes, config: ChannelConfig) -> Decision:
             200,
             {"status": "ignored", "reason": parsed.reason},
             log=(logging.DEBUG, "Ignored a Z-API callback: %s", parsed.reason),
+            outcome="ignored",
+            reason=parsed.kind,
         )
     assert isinstance(parsed, Event)
     if parsed.connected is not None:

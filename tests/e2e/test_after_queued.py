@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import (
     EMULATOR_CLIENT,
@@ -32,6 +33,7 @@ from tests.processes import BIN, ROOT, Process, child_env
 pytestmark = pytest.mark.e2e
 
 RECEIVED = ROOT / "tests" / "fixtures" / "callbacks" / "received_text.json"
+METRICS_TOKEN = "e2e-metrics-token-7c1d9b3a5e"
 MENU = "What would you like to see?\n\n*1.* A picture\n*2.* A document\n*3.* Talk to us"
 
 
@@ -67,13 +69,13 @@ class Bot:
         answer.raise_for_status()
         assert answer.json()["webhook_status"] == 200, answer.json()
 
-    def deliver(self, phone: str, text: str) -> httpx.Response:
+    def deliver(self, phone: str, text: str, message_id: str = "") -> httpx.Response:
         """A ReceivedCallback posted straight to rasa run (as if it came just before a drop)."""
         payload = json.loads(RECEIVED.read_text())
         payload.update(
             instanceId=EMULATOR_INSTANCE,
             phone=phone,
-            messageId=f"3EB0{uuid.uuid4().hex[:16].upper()}",
+            messageId=message_id or f"3EB0{uuid.uuid4().hex[:16].upper()}",
             text={"message": text},
             momment=int(time.time() * 1000),
         )
@@ -98,6 +100,19 @@ class Bot:
             f"{self.emulator}/_emulator/connection", json={"connected": connected}, timeout=15
         )
         assert answer.json()["webhook_status"] == 200, answer.json()
+
+    def metrics(self) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+        answer = httpx.get(
+            f"{self.rasa}/webhooks/zapi/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+            timeout=5,
+        )
+        assert answer.status_code == 200, answer.text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(answer.text)
+            for sample in family.samples
+        }
 
     def health(self) -> Dict[str, Any]:
         health: Dict[str, Any] = httpx.get(f"{self.rasa}/webhooks/zapi/", timeout=5).json()
@@ -131,6 +146,7 @@ def bot(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         buttons_as="buttons",
         queue_when_disconnected="false",
         handoff_minutes=0,
+        metrics_token=METRICS_TOKEN,
     )
     # These tests' answers need no custom action: the action server is not started.
     endpoints = folder / "endpoints.yml"
@@ -280,3 +296,30 @@ def test_a_disconnection_flips_the_health_json_and_verify_then_sends_are_kept(
     assert [m["text"] for m in registered.wait(lambda: registered.sent(phone))] == [
         "You're welcome!"
     ]
+
+
+def test_a_scrape_of_the_running_bot_counts_what_was_sent(registered: Bot) -> None:
+    def counts(found: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]) -> Tuple[float, ...]:
+        return (
+            found.get(("zapi_webhooks_total", (("outcome", "accepted"), ("reason", ""))), 0),
+            found.get(("zapi_webhooks_total", (("outcome", "duplicate"), ("reason", ""))), 0),
+            found.get(("zapi_sends_total", (("endpoint", "send-text"), ("outcome", "sent"))), 0),
+            found.get(("zapi_turn_seconds_count", ()), 0),
+        )
+
+    before = counts(registered.metrics())
+    phones = [new_phone(), new_phone()]
+    for phone in phones:
+        message_id = f"3EB0{uuid.uuid4().hex[:16].upper()}"
+        assert registered.deliver(phone, "thanks", message_id).json() == {"status": "accepted"}
+        assert registered.deliver(phone, "thanks", message_id).json() == {"status": "duplicate"}
+    for phone in phones:
+        registered.wait(lambda: registered.sent(phone))  # noqa: B023 - called at once
+    after = registered.wait(
+        lambda: (lambda c: c if c[3] - before[3] >= 2 else None)(counts(registered.metrics()))
+    )
+    assert [b - a for a, b in zip(before, after)] == [2, 2, 2, 2]
+    found = registered.metrics()
+    states = {labels[0][1]: v for (name, labels), v in found.items() if name == "zapi_whatsapp"}
+    assert sorted(states) == ["connected", "disconnected", "unknown"]
+    assert sum(states.values()) == 1
