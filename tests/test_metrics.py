@@ -61,3 +61,24 @@ def test_each_channel_has_its_own_registry() -> None:
 def test_a_new_registry_says_the_connection_is_unknown() -> None:
     found = samples(Metrics())
     assert found[("zapi_whatsapp", (("zapi_whatsapp", "unknown"),))] == 1
+
+
+def test_the_dashboard_and_the_alerts_query_only_metrics_that_exist() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    alerts = re.findall(r"expr: (.+)", (docs / "operations.md").read_text())
+    assert queries and len(alerts) == 3
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    served = {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    for query in queries + alerts:
+        for name in re.findall(r"\bzapi_[a-z_]+", query):
+            assert name in served, (name, query)
