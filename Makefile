@@ -3,6 +3,7 @@
 #   make test    create the virtual environment (Python 3.10), install, lint, run every test
 #   make run     train the demo bot if needed and run it against the local Z-API emulator
 #   make bench   measure against Rasa's channels; rewrites docs/benchmarks.md (needs wrk)
+#   make dist    build the sdist and the wheel into dist/ and check them (twine check --strict)
 #
 # Secrets for a real Z-API instance live in .env (git-ignored; `zapi-channel connect` writes it).
 
@@ -19,10 +20,10 @@ export RASA_TELEMETRY_ENABLED := false
 # Rasa's own chatter (tensorflow, sqlalchemy) on stderr helps nobody during tests.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help venv lint test test-unit test-e2e run reliability bench constraints clean
+.PHONY: help venv lint test test-unit test-e2e run reliability bench dist constraints clean
 
 help:
-	@sed -n '1,9p' Makefile
+	@sed -n '1,10p' Makefile
 
 $(STAMP): pyproject.toml constraints.txt
 	@set -e; \
@@ -63,9 +64,21 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk" >&2; exit 2; }
 	$(BIN)/python -m bench.run
 
+# The build tools get a virtual environment of their own: twine needs a newer `packaging` than
+# Rasa 3.6 accepts, so they cannot live in .venv.
+DIST ?= dist
+DIST_TOOLS := build/dist-tools
+dist:
+	@set -e; \
+	if [ ! -x $(DIST_TOOLS)/bin/python ]; then "$$(scripts/find-python)" -m venv $(DIST_TOOLS); fi; \
+	$(DIST_TOOLS)/bin/python -m pip install --quiet "build==1.6.1" "twine==7.0.0"; \
+	rm -rf "$(DIST)"; \
+	$(DIST_TOOLS)/bin/python -m build --outdir "$(DIST)" .; \
+	$(DIST_TOOLS)/bin/python -m twine check --strict "$(DIST)"/*
+
 constraints: $(STAMP)
 	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new
 	@mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache models/.demo-fingerprint
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache models/.demo-fingerprint build dist
