@@ -1,6 +1,7 @@
 # zapi-channel: one command to test, one to run the bot locally.
 #
 #   make test    create the virtual environment (Python 3.10), install, lint, run every test
+#   make test-all the matrix (noxfile.py): lint, unit tests on Python 3.8, 3.9, 3.10, e2e on 3.10
 #   make run     train the demo bot if needed and run it against the local Z-API emulator
 #   make bench   measure against Rasa's channels; rewrites docs/benchmarks.md (needs wrk)
 #   make dist    build the sdist and the wheel into dist/ and check them (twine check --strict)
@@ -20,10 +21,10 @@ export RASA_TELEMETRY_ENABLED := false
 # Rasa's own chatter (tensorflow, sqlalchemy) on stderr helps nobody during tests.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help venv lint test test-unit test-e2e run reliability bench dist constraints clean
+.PHONY: help venv lint test test-all test-unit test-e2e run reliability bench dist constraints clean
 
 help:
-	@sed -n '1,10p' Makefile
+	@sed -n '1,11p' Makefile
 
 $(STAMP): pyproject.toml constraints.txt
 	@set -e; \
@@ -51,6 +52,22 @@ test-e2e: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# nox runs in a virtual environment of its own (it needs a newer `packaging` than Rasa 3.6
+# accepts) and finds each Python by name: build/pythons/ holds python3.8, python3.9 and
+# python3.10 as links to what scripts/find-python finds, first on PATH for nox only.
+# NOX_ARGS picks sessions: make test-all NOX_ARGS="-s unit-3.8 unit-3.9".
+NOX_TOOLS := build/nox-tools
+NOX_ARGS ?=
+test-all:
+	@set -e; \
+	if [ ! -x $(NOX_TOOLS)/bin/python ]; then "$$(scripts/find-python)" -m venv $(NOX_TOOLS); fi; \
+	$(NOX_TOOLS)/bin/python -m pip install --quiet "nox==2026.10.20"; \
+	mkdir -p build/pythons; \
+	for version in 3.8 3.9 3.10; do \
+		ln -sf "$$(scripts/find-python $$version)" build/pythons/python$$version; \
+	done; \
+	PATH="$(CURDIR)/build/pythons:$$PATH" $(NOX_TOOLS)/bin/nox $(NOX_ARGS)
 
 run: $(STAMP)
 	$(BIN)/python scripts/run_local.py
