@@ -10,7 +10,7 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import pytest
@@ -115,6 +115,17 @@ class Project:
 @pytest.fixture
 def project(tmp_path: Path, emulator: str) -> Project:
     return Project(tmp_path, emulator)
+
+
+def zapi(project: Project, method: str, endpoint: str, body: Any = None) -> httpx.Response:
+    """A call to the emulated instance's Z-API, as the channel makes it."""
+    return httpx.request(
+        method,
+        f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}/{endpoint}",
+        json=body,
+        headers={"Client-Token": CLIENT},
+        timeout=5,
+    )
 
 
 def assert_no_secret(output: str, *extra: str) -> None:
@@ -234,11 +245,7 @@ def test_register_webhook_takes_http_only_on_loopback_for_the_emulator(project: 
     project.connect()
     code, output = project.run("register-webhook", "--public-url", "http://127.0.0.1:5005")
     assert code == 0, output
-    me = httpx.get(
-        f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}/me",
-        headers={"Client-Token": CLIENT},
-        timeout=5,
-    ).json()
+    me = zapi(project, "GET", "me").json()
     assert me["receivedCallbackUrl"].startswith("http://127.0.0.1:5005/webhooks/zapi/webhook?")
 
 
@@ -249,11 +256,7 @@ def test_register_webhook_refuses_http_and_sets_https(project: Project) -> None:
     assert "https" in output
     code, output = project.run("register-webhook", "--public-url", "https://bot.example.com")
     assert code == 0, output
-    me = httpx.get(
-        f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}/me",
-        headers={"Client-Token": CLIENT},
-        timeout=5,
-    ).json()
+    me = zapi(project, "GET", "me").json()
     assert me["receivedCallbackUrl"].startswith(
         "https://bot.example.com/webhooks/zapi/webhook?token="
     )
@@ -473,20 +476,13 @@ def test_verify_without_a_public_url_says_what_it_did_not_check(project: Project
 
 def queue_while_offline(project: Project, *texts: str) -> None:
     httpx.post(f"{project.emulator}/_emulator/connection", json={"connected": False}, timeout=5)
-    api = f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}"
     for text in texts:
-        answer = httpx.post(
-            f"{api}/send-text",
-            json={"phone": "5511999990000", "message": text},
-            headers={"Client-Token": CLIENT},
-            timeout=5,
-        )
+        answer = zapi(project, "POST", "send-text", {"phone": "5511999990000", "message": text})
         assert answer.status_code == 200, answer.text
 
 
 def queued_texts(project: Project) -> List[str]:
-    api = f"{project.emulator}/instances/{INSTANCE}/token/{TOKEN}"
-    listed = httpx.get(f"{api}/queue", headers={"Client-Token": CLIENT}, timeout=5).json()
+    listed = zapi(project, "GET", "queue").json()
     return [entry["Message"] for entry in listed["messages"]]
 
 

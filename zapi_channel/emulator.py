@@ -1180,16 +1180,7 @@ class Emulator:
         if error is not None:
             # The customer never sees it: a DeliveryCallback with the error, and no statuses.
             record["status"] = "FAILED"
-            failed = {
-                "phone": phone,
-                "zaapId": record["zaap_id"],
-                "messageId": record["message_id"],
-                "instanceId": instance.instance_id,
-                "momment": self.now_ms(),
-                "type": "DeliveryCallback",
-                "error": error,
-            }
-            await self._post(instance, "delivery", failed)
+            await self._post(instance, "delivery", self._delivery(instance, record, error))
             return
         if instance.notify_sent_by_me:
             echo = _echo_content(record["endpoint"], body)
@@ -1206,15 +1197,7 @@ class Emulator:
                 payload["type"] = "ReceivedCallback"
                 payload[echo[0]] = echo[1]
                 await self._post(instance, "received", payload)
-        delivery = {
-            "phone": phone,
-            "zaapId": record["zaap_id"],
-            "messageId": record["message_id"],
-            "instanceId": instance.instance_id,
-            "momment": self.now_ms(),
-            "type": "DeliveryCallback",
-        }
-        await self._post(instance, "delivery", delivery)
+        await self._post(instance, "delivery", self._delivery(instance, record))
         for status in ("RECEIVED", "READ"):
             record["status"] = status
             await self._post(
@@ -1231,6 +1214,22 @@ class Emulator:
                     "isGroup": phone.endswith("-group"),
                 },
             )
+
+    def _delivery(
+        self, instance: EmulatedInstance, record: Record, error: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """The DeliveryCallback of one send; with ``error``, the report of its failure."""
+        callback = {
+            "phone": record["body"]["phone"],
+            "zaapId": record["zaap_id"],
+            "messageId": record["message_id"],
+            "instanceId": instance.instance_id,
+            "momment": self.now_ms(),
+            "type": "DeliveryCallback",
+        }
+        if error is not None:
+            callback["error"] = error
+        return callback
 
     def _connected(self, instance: EmulatedInstance) -> Dict[str, Any]:
         return {
