@@ -22,6 +22,8 @@ import nox
 
 nox.options.sessions = ["lint", "unit", "e2e"]
 nox.options.error_on_missing_interpreters = True
+# The stdlib's venv of each interpreter: the current virtualenv no longer seeds Python 3.8.
+nox.options.default_venv_backend = "venv"
 
 PYTHONS = ["3.8", "3.9", "3.10"]
 ENV = {"RASA_TELEMETRY_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}
