@@ -1002,3 +1002,25 @@ async def test_metrics_show_the_journal_and_the_connection(
     assert found[("zapi_failed_sends", ())] == 1
     assert found[("zapi_whatsapp", (("zapi_whatsapp", "disconnected"),))] == 1
     assert webhooks(found, "event") == 1
+
+
+# -- compressed bodies ---------------------------------------------------------------------------
+
+
+async def test_a_gzip_webhook_reaches_the_bot_and_a_zip_bomb_is_413(
+    harness: Harness, callback: Load
+) -> None:
+    import gzip
+
+    payload = callback("received_text")
+    body = gzip.compress(json.dumps(payload).encode())
+    answer = await harness.post(body, headers={"Content-Encoding": "gzip"})
+    assert (answer.status_code, answer.json()) == (200, {"status": "accepted"})
+    bomb = gzip.compress(b" " * (32 * 1024 * 1024))
+    refused = await harness.post(bomb, headers={"Content-Encoding": "gzip"})
+    assert refused.status_code == 413
+    other = await harness.post(body, headers={"Content-Encoding": "br"})
+    assert other.status_code == 415
+    await harness.settle()
+    [message] = harness.agent.messages
+    assert message.text == "Hi there"

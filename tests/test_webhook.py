@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import tracemalloc
+import zlib
 from typing import Any, Callable, Dict
 
 import pytest
@@ -12,10 +15,12 @@ from tests.conftest import WEBHOOK_TOKEN, channel_block
 from zapi_channel.config import ChannelConfig
 from zapi_channel.webhook import (
     ACCEPTED,
+    BAD_COMPRESSION,
     DUPLICATE,
     INVALID_TOKEN,
     MISSING_TOKEN,
     TOO_LARGE,
+    UNSUPPORTED_ENCODING,
     Accept,
     Connection,
     Reply,
@@ -23,6 +28,7 @@ from zapi_channel.webhook import (
     after_accept,
     authenticate,
     decide,
+    decode_body,
     expected_query,
 )
 
@@ -113,3 +119,72 @@ def test_a_delivery_error_is_a_report_to_act_on(config: ChannelConfig, callback:
 
 def test_after_accept_names_new_and_duplicate() -> None:
     assert (after_accept(True), after_accept(False)) == (ACCEPTED, DUPLICATE)
+
+
+# -- compressed bodies ---------------------------------------------------------------------------
+
+LIMIT = 256 * 1024
+PLAIN = json.dumps({"type": "ReceivedCallback", "text": {"message": "olá"}}).encode()
+
+
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        (None, lambda data: data),
+        ("identity", lambda data: data),
+        ("gzip", gzip.compress),
+        ("GZip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", raw_deflate),
+        ("gzip, identity", gzip.compress),
+        ("deflate, gzip", lambda data: gzip.compress(zlib.compress(data))),
+    ],
+)
+def test_compressed_bodies_are_read_as_sent(
+    encoding: Any, encode: Callable[[bytes], bytes]
+) -> None:
+    assert decode_body(encode(PLAIN), encoding, LIMIT) == PLAIN
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, br", "gzip, gzip, gzip"])
+def test_other_encodings_are_415(encoding: str) -> None:
+    assert decode_body(gzip.compress(PLAIN), encoding, LIMIT) == UNSUPPORTED_ENCODING
+    assert UNSUPPORTED_ENCODING.status == 415
+
+
+def test_a_zip_bomb_is_413_and_never_inflated_past_the_cap() -> None:
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 MiB of zeros in about 64 KiB
+    assert len(bomb) < LIMIT
+    tracemalloc.start()
+    try:
+        assert decode_body(bomb, "gzip", LIMIT) == TOO_LARGE
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * LIMIT, peak
+
+
+def test_the_cap_holds_for_the_compressed_body_too() -> None:
+    assert decode_body(b"x" * (LIMIT + 1), "gzip", LIMIT) == TOO_LARGE
+    exactly = gzip.compress(b"a" * LIMIT)
+    assert decode_body(exactly, "gzip", LIMIT) == b"a" * LIMIT
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not gzip at all",
+        gzip.compress(PLAIN)[:-12],  # cut short
+        gzip.compress(PLAIN) + b"trailing junk",
+        b"",
+    ],
+)
+def test_a_damaged_compressed_body_is_400(body: bytes) -> None:
+    assert decode_body(body, "gzip", LIMIT) == BAD_COMPRESSION
+    assert BAD_COMPRESSION.status == 400

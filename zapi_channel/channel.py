@@ -57,6 +57,7 @@ from zapi_channel.webhook import (
     after_accept,
     authenticate,
     decide,
+    decode_body,
     expected_query,
 )
 
@@ -562,7 +563,12 @@ class ZApiInput(InputChannel):
         if refused is not None:
             self._refused_request(request)
             return refused
-        decision = decide(request.body or b"", self.config)
+        body = decode_body(
+            request.body or b"", request.headers.get("content-encoding"), self.config.max_body_bytes
+        )
+        if isinstance(body, Reply):
+            return body
+        decision = decide(body, self.config)
         if isinstance(decision, Accept):
             return await self._keep(decision.message)
         if isinstance(decision, Report):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
 from urllib.parse import parse_qs
@@ -97,6 +98,45 @@ def authenticate(query_string: str, expected: bytes, token: str) -> Optional[Rep
     return None
 
 
+#: ``Content-Encoding`` values the webhook reads. Z-API publishes a tool to decompress gzip
+#: webhooks, and whether it sends them compressed by default is not documented: both plain and
+#: compressed bodies are read, and anything else is refused with 415 rather than misparsed.
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+UNSUPPORTED_ENCODING = Reply(415, {"error": "unsupported Content-Encoding"}, outcome="invalid")
+BAD_COMPRESSION = Reply(400, {"error": "the compressed body is damaged"}, outcome="invalid")
+
+
+def decode_body(body: bytes, encoding: Optional[str], limit: int) -> Union[bytes, Reply]:
+    """The body as sent, decompressed per ``Content-Encoding``; or the reply that refuses it.
+
+    The size cap holds for what the body decompresses to, and decompression stops one byte past
+    it: a small body that would inflate to gigabytes (a zip bomb) costs at most ``limit`` bytes.
+    """
+    if len(body) > limit:
+        return TOO_LARGE
+    codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return body
+    # Applied in order, so undone in reverse (RFC 9110, 8.4); a chain of two is already odd.
+    if len(codings) > 2 or any(c not in _DECODERS for c in codings):
+        return UNSUPPORTED_ENCODING
+    for coding in reversed(codings):
+        wbits = _DECODERS[coding]
+        if coding == "deflate" and body[:1] and body[0] & 0x0F != 8:
+            wbits = -zlib.MAX_WBITS  # raw deflate, which some senders use for "deflate"
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            body = decompressor.decompress(body, limit + 1)
+        except zlib.error:
+            return BAD_COMPRESSION
+        if len(body) > limit or decompressor.unconsumed_tail:
+            return TOO_LARGE
+        if not decompressor.eof or decompressor.unused_data:
+            return BAD_COMPRESSION
+    return body
+
+
 def decide(body: bytes, config: ChannelConfig) -> Decision:
     """What an authenticated webhook body means: a reply now, or a message to keep."""
     if len(body) > config.max_body_bytes:
@@ -140,11 +180,13 @@ def after_accept(new: bool) -> Reply:
 
 __all__ = [
     "ACCEPTED",
+    "BAD_COMPRESSION",
     "DUPLICATE",
     "INVALID_TOKEN",
     "MISSING_TOKEN",
     "NOT_KEPT",
     "TOO_LARGE",
+    "UNSUPPORTED_ENCODING",
     "Accept",
     "Connection",
     "Decision",
@@ -153,5 +195,6 @@ __all__ = [
     "after_accept",
     "authenticate",
     "decide",
+    "decode_body",
     "expected_query",
 ]
