@@ -16,7 +16,7 @@ bounded whatever customers send. What each metric means, with alert rules and a 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -108,9 +108,17 @@ class Metrics:
             registry=registry,
         )
         self.whatsapp.state("unknown")
+        self._webhook_children: Dict[Tuple[str, str], Any] = {}
 
     def webhook(self, outcome: str, reason: str = "") -> None:
-        self.webhooks.labels(outcome, reason).inc()
+        # Once per webhook: the labelled child is looked up once per label pair, not each time
+        # (``labels()`` validates and locks), so counting stays a fraction of a microsecond.
+        child = self._webhook_children.get((outcome, reason))
+        if child is None:
+            child = self._webhook_children[(outcome, reason)] = self.webhooks.labels(
+                outcome, reason
+            )
+        child.inc()
 
     def sent(self, endpoint: str, outcome: str) -> None:
         self.sends.labels(endpoint_label(endpoint), outcome).inc()
