@@ -100,6 +100,7 @@ SEND_ENDPOINTS = (
     "send-image",
     "send-audio",
     "send-video",
+    "send-sticker",
     "send-link",
     "send-location",
     "send-reaction",

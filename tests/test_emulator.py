@@ -399,11 +399,14 @@ VALID_SENDS: Dict[str, Tuple[Dict[str, Any], Optional[str]]] = {
         {
             "phone": CUSTOMER,
             "message": "Our site: https://z-api.io",
+            "image": "https://z-api.io/logo.png",
             "linkUrl": "https://z-api.io",
             "title": "Z-API",
+            "linkDescription": "WhatsApp integration",
         },
         "Our site: https://z-api.io",
     ),
+    "send-sticker": ({"phone": CUSTOMER, "sticker": "https://example.com/s.webp"}, None),
     "send-location": (
         {
             "phone": CUSTOMER,
@@ -461,6 +464,7 @@ REQUIRED_FIELD = {
     "send-video": "video",
     "send-document/pdf": "document",
     "send-link": "linkUrl",
+    "send-sticker": "sticker",
     "send-location": "latitude",
     "send-reaction": "messageId",
     "send-button-list": "buttonList",
@@ -522,6 +526,10 @@ def test_validate_send_accepts_the_valid_bodies(endpoint: str) -> None:
         ("send-text", {"delayMessage": True}, "delayMessage must be a whole number"),
         ("send-text", {"phone": None}, "phone is required"),
         ("send-link", {"message": "no link here"}, "message must end with linkUrl"),
+        # Z-API's docs mark the preview's picture, title and description required.
+        ("send-link", {"image": ""}, "image is required"),
+        ("send-link", {"linkDescription": None}, "linkDescription is required"),
+        ("send-link", {"linkType": "HUGE"}, "linkType must be SMALL, MEDIUM or LARGE"),
         ("send-location", {"latitude": -23.4}, "latitude must be a string"),
         ("send-location", {"longitude": "west"}, "longitude must be a number"),
         ("send-button-list", {"buttonList": {"buttons": []}}, "buttonList.buttons is required"),

@@ -103,8 +103,16 @@ async def test_attachment_that_is_not_a_file_is_sent_as_a_link(
     zapi: respx.MockRouter, output: ZApiOutput
 ) -> None:
     await output.send_attachment(PHONE, "https://x.test/pricing")
+    # Z-API's docs mark image, title and linkDescription required: each gets a sensible value.
     assert sent(zapi["send-link"]) == [
-        {"phone": PHONE, "message": "https://x.test/pricing", "linkUrl": "https://x.test/pricing"}
+        {
+            "phone": PHONE,
+            "message": "https://x.test/pricing",
+            "image": "https://x.test/favicon.ico",
+            "linkUrl": "https://x.test/pricing",
+            "title": "x.test",
+            "linkDescription": "x.test/pricing",
+        }
     ]
 
 
@@ -239,19 +247,94 @@ async def test_when_a_part_fails_the_later_parts_of_the_same_text_are_journaled_
     assert "earlier part" in skipped.error
 
 
-async def test_rasa_send_response_keeps_the_order_of_one_response(
-    zapi: respx.MockRouter, output: ZApiOutput
-) -> None:
+def record_order(zapi: respx.MockRouter, *names: str) -> List[str]:
     order: List[str] = []
-    for name in ("send-text", "send-image"):
+    for name in names:
         zapi[name].side_effect = lambda request, name=name: (
             order.append(name),
             httpx.Response(200, json={"messageId": "X"}),
         )[1]
+    return order
+
+
+async def test_text_with_an_image_is_one_captioned_picture(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
     await output.send_response(
         PHONE, {"text": "Here is a picture", "image": "https://x.test/a.png"}
     )
+    assert sent(zapi["send-image"]) == [
+        {"phone": PHONE, "image": "https://x.test/a.png", "caption": "Here is a picture"}
+    ]
+    assert not zapi["send-text"].called
+
+
+async def test_text_longer_than_a_caption_goes_first_then_the_bare_picture(
+    zapi: respx.MockRouter, make_output: Any
+) -> None:
+    output = make_output(max_text_length=4096)
+    order = record_order(zapi, "send-text", "send-image")
+    text = "word " * 300  # 1,500 characters: past WhatsApp's 1,024 of a caption
+    await output.send_response(PHONE, {"text": text, "image": "https://x.test/a.png"})
     assert order == ["send-text", "send-image"]
+    assert "caption" not in sent(zapi["send-image"])[0]
+
+
+async def test_audio_attachment_is_a_voice_message_after_its_text(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
+    order = record_order(zapi, "send-text", "send-audio")
+    await output.send_response(PHONE, {"text": "Listen:", "attachment": "https://x.test/hello.ogg"})
+    assert order == ["send-text", "send-audio"]
+    assert sent(zapi["send-audio"]) == [
+        {"phone": PHONE, "audio": "https://x.test/hello.ogg", "waveform": True}
+    ]
+
+
+async def test_a_text_with_a_link_is_one_link_card(
+    zapi: respx.MockRouter, output: ZApiOutput
+) -> None:
+    await output.send_response(
+        PHONE,
+        {
+            "text": "Our menu",
+            "attachment": {
+                "url": "https://shop.test/menu",
+                "title": "Menu",
+                "image": "https://shop.test/m.jpg",
+            },
+        },
+    )
+    (body,) = sent(zapi["send-link"])
+    assert body["message"] == "Our menu\n\nhttps://shop.test/menu"
+    assert (body["title"], body["image"]) == ("Menu", "https://shop.test/m.jpg")
+    assert not zapi["send-text"].called
+
+
+async def test_link_preview_image_setting_is_the_default_picture(
+    zapi: respx.MockRouter, make_output: Any
+) -> None:
+    output = make_output(link_preview_image="https://cdn.test/logo.png")
+    await output.send_attachment(PHONE, "https://shop.test/menu")
+    assert sent(zapi["send-link"])[0]["image"] == "https://cdn.test/logo.png"
+
+
+async def test_quote_goes_on_the_first_message_that_can_quote_and_only_once(
+    zapi: respx.MockRouter, tmp_path: Path
+) -> None:
+    config = ChannelConfig.from_mapping(channel_block())
+    client = ZApiClient(config.credentials, sleep=no_sleep)
+    delivery = EmbeddedDelivery(tmp_path / "state.db")
+    try:
+        output = ZApiOutput(client, config, delivery, quote="3EB0CUSTOMER")
+        await output.send_response(PHONE, {"attachment": "https://x.test/a.mp3"})
+        await output.send_response(PHONE, {"text": "first"})
+        await output.send_response(PHONE, {"text": "second"})
+    finally:
+        await delivery.aclose()
+    # send-audio documents no messageId: the quote waits for the first text.
+    assert "messageId" not in sent(zapi["send-audio"])[0]
+    assert [body.get("messageId") for body in sent(zapi["send-text"])] == ["3EB0CUSTOMER", None]
 
 
 async def test_send_response_passes_extra_keys_without_breaking(

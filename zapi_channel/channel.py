@@ -36,15 +36,12 @@ from zapi_channel.errors import StateError, StateUnavailable, TransportError, ZA
 from zapi_channel.inbound import DeliveryFailed, InboundMessage
 from zapi_channel.metrics import CONTENT_TYPE, Metrics
 from zapi_channel.outbound import (
-    InvalidCustomPayload,
-    buttons_request,
-    choices_from_buttons,
-    custom_request,
-    document_extension,
-    file_name_of,
+    Send,
+    Shaping,
+    ZApiRequest,
+    attachment_of,
     match_choice,
-    render_choices,
-    text_bodies,
+    shape_response,
 )
 from zapi_channel.retry import RetryPolicy
 from zapi_channel.webhook import (
@@ -91,12 +88,22 @@ class ZApiOutput(OutputChannel):
         in_flight: Optional[Set[asyncio.Task[bool]]] = None,
         conversation: Optional[str] = None,
         reply_to: Optional[str] = None,
+        quote: Optional[str] = None,
         metrics: Optional[Metrics] = None,
     ) -> None:
         self.client = client
         self.config = config
         self.delivery = delivery
         self._metrics = metrics
+        self._shaping = Shaping(
+            text_limit=config.max_text_length,
+            delay_typing=config.delay_typing,
+            buttons_as=config.buttons_as,
+            link_image=config.link_preview_image,
+        )
+        # The customer's message the turn's first answer quotes (``quote_replies``).
+        self._quote = quote
+        self._quoted = False
         # Rasa addresses answers to the conversation (sender_id); WhatsApp takes them at the
         # phone the customer's message came from, exactly as Z-API sent it.
         self._conversation = conversation
@@ -115,8 +122,7 @@ class ZApiOutput(OutputChannel):
             return self._reply_to
         return recipient_id
 
-    async def _deliver(self, recipient_id: str, endpoint: str, body: Dict[str, Any]) -> bool:
-        request = {"phone": self._address(recipient_id), **body}
+    async def _deliver(self, request: ZApiRequest) -> bool:
         self._answers += 1
         key = self._message_key
         if key is not None and await self.delivery.already_sent(key, self._answers):
@@ -127,27 +133,26 @@ class ZApiOutput(OutputChannel):
         # A stop may cancel the turn while this request is on the wire. The send and its marker
         # run as their own task, shielded from that cancellation, so that whether the answer went
         # out is known when the stop counts what each cut-short turn already sent.
-        task = asyncio.ensure_future(self._send(recipient_id, endpoint, request, self._answers))
+        task = asyncio.ensure_future(self._send(request, self._answers))
         if self._in_flight is not None:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         return await asyncio.shield(task)
 
-    async def _send(
-        self, recipient_id: str, endpoint: str, request: Dict[str, Any], answer: int
-    ) -> bool:
+    async def _send(self, request: ZApiRequest, answer: int) -> bool:
+        endpoint, body = request.endpoint, request.body
         try:
-            result = await self.client.send(endpoint, request)
+            result = await self.client.send(endpoint, body)
         except Exception as exc:
             # Whatever went wrong, raising would abort Rasa's turn and lose the tracker update.
             if not isinstance(exc, ZApiError):
-                logger.exception("Unexpected error sending an answer to %s", recipient_id)
+                logger.exception("Unexpected error sending an answer to %s", body.get("phone"))
             # Retries (zapi_channel.retry) are exhausted, or repeating could deliver twice.
             sent = isinstance(exc, TransportError) and exc.request_sent
             outcome = UNKNOWN if sent else FAILED
             if self._metrics is not None:
                 self._metrics.sent(endpoint, outcome)
-            await self._journal(endpoint, request, str(exc), outcome)
+            await self._journal(request, str(exc), outcome)
             return False
         if self._metrics is not None:
             self._metrics.sent(endpoint, "sent")
@@ -155,7 +160,7 @@ class ZApiOutput(OutputChannel):
             # Its echo ("notify sent by me") must not read as the owner taking over.
             await self.delivery.remember_outgoing(
                 result.message_id,
-                {"endpoint": endpoint, "phone": request.get("phone"), "body": request},
+                {"endpoint": endpoint, "phone": body.get("phone"), "body": body},
             )
         except StateUnavailable as exc:
             logger.warning("Could not remember sent message %s: %s", result.message_id, exc)
@@ -167,13 +172,12 @@ class ZApiOutput(OutputChannel):
                 logger.warning("Could not note answer %d as sent: %s", answer, exc)
         return True
 
-    async def _journal(
-        self, endpoint: str, request: Dict[str, Any], error: str, outcome: str
-    ) -> None:
+    async def _journal(self, request: ZApiRequest, error: str, outcome: str) -> None:
         """Keep an answer Z-API did not take, and say where, so that a person can resend it."""
-        phone = request.get("phone")
+        endpoint, body = request.endpoint, request.body
+        phone = body.get("phone")
         try:
-            entry = await self.delivery.record(endpoint, request, error, outcome)
+            entry = await self.delivery.record(endpoint, body, error, outcome)
         except StateUnavailable as exc:
             # Nowhere to keep it: the log line is all that is left, so it carries the answer.
             logger.error(
@@ -184,7 +188,7 @@ class ZApiOutput(OutputChannel):
                 outcome,
                 error,
                 exc,
-                request,
+                body,
             )
             return
         logger.error(
@@ -199,41 +203,55 @@ class ZApiOutput(OutputChannel):
             entry.id,
         )
 
-    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
-        parts = text_bodies(text, self.config.max_text_length, self.config.delay_typing)
-        for index, (endpoint, body) in enumerate(parts):
-            if not await self._deliver(recipient_id, endpoint, body):
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+        """One Rasa response, shaped as WhatsApp shows it (:func:`outbound.shape_response`).
+
+        Replaces Rasa's dispatch, which sends text, image and attachment as separate messages.
+        """
+        quote = None if self._quoted else self._quote
+        plan = shape_response(message, self._address(recipient_id), self._shaping, quote=quote)
+        self._quoted = self._quoted or plan.quoted
+        for reason in plan.skipped:
+            logger.warning("Skipping %s for %s", reason, recipient_id)
+        await self._deliver_all(recipient_id, plan.sends)
+
+    async def _deliver_all(self, recipient_id: str, sends: Iterable[Send]) -> None:
+        failed: Optional[Send] = None
+        for send in sends:
+            if send.continues and failed is not None:
                 # The later parts would read as nonsense without this one: they are kept in the
                 # journal, in order, to be resent together with it.
-                for later_endpoint, later_body in parts[index + 1 :]:
-                    await self._journal(
-                        later_endpoint,
-                        {"phone": self._address(recipient_id), **later_body},
-                        f"not sent: an earlier part of the same answer failed ({endpoint})",
-                        FAILED,
-                    )
-                return
+                await self._journal(
+                    send.request,
+                    f"not sent: an earlier part of the same answer failed "
+                    f"({failed.request.endpoint})",
+                    FAILED,
+                )
+                continue
+            failed = None
+            if send.choices:
+                await self.delivery.remember_choices(recipient_id, list(send.choices))
+            if await self._deliver(send.request):
+                continue
+            if send.fallback:
+                logger.warning("Falling back to a numbered text list for %s", recipient_id)
+                await self._deliver_all(recipient_id, send.fallback)
+            else:
+                failed = send
+
+    # Rasa's per-kind entry points, for code that calls them directly: each is one response.
+
+    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
+        await self.send_response(recipient_id, {"text": text})
 
     async def send_image_url(self, recipient_id: str, image: str, **kwargs: Any) -> None:
-        await self._deliver(recipient_id, "send-image", {"image": image})
+        await self.send_response(recipient_id, {"image": image})
 
     async def send_attachment(self, recipient_id: str, attachment: Any, **kwargs: Any) -> None:
-        url = attachment.get("url") if isinstance(attachment, dict) else attachment
-        if not isinstance(url, str) or not url.strip():
+        if not attachment_of(attachment):
             logger.warning("Skipping an attachment without a URL for %s", recipient_id)
             return
-        url = url.strip()
-        mime = attachment.get("mime_type") if isinstance(attachment, dict) else None
-        extension = document_extension(url, mime if isinstance(mime, str) else None)
-        if extension is None:
-            # Not a file: WhatsApp shows a link preview instead.
-            await self._deliver(recipient_id, "send-link", {"message": url, "linkUrl": url})
-            return
-        body: Dict[str, Any] = {"document": url}
-        name = file_name_of(url)
-        if name:
-            body["fileName"] = name
-        await self._deliver(recipient_id, f"send-document/{extension}", body)
+        await self.send_response(recipient_id, {"attachment": attachment})
 
     async def send_text_with_buttons(
         self,
@@ -242,19 +260,7 @@ class ZApiOutput(OutputChannel):
         buttons: List[Dict[str, Any]],
         **kwargs: Any,
     ) -> None:
-        choices = choices_from_buttons(buttons)
-        if not choices:
-            await self.send_text_message(recipient_id, text or "")
-            return
-        # Remember the choices before sending: the customer may answer "2" right away.
-        await self.delivery.remember_choices(recipient_id, choices)
-        interactive = buttons_request(text or "", choices, self.config.buttons_as)
-        if interactive is not None:
-            endpoint, body = interactive
-            if await self._deliver(recipient_id, endpoint, body):
-                return
-            logger.warning("Falling back to a numbered text list for %s", recipient_id)
-        await self.send_text_message(recipient_id, render_choices(text or "", choices))
+        await self.send_response(recipient_id, {"text": text, "buttons": buttons})
 
     async def send_quick_replies(
         self,
@@ -263,29 +269,17 @@ class ZApiOutput(OutputChannel):
         quick_replies: List[Dict[str, Any]],
         **kwargs: Any,
     ) -> None:
-        await self.send_text_with_buttons(recipient_id, text, quick_replies, **kwargs)
+        await self.send_response(recipient_id, {"text": text, "quick_replies": quick_replies})
 
     async def send_custom_json(
         self, recipient_id: str, json_message: Dict[str, Any], **kwargs: Any
     ) -> None:
-        try:
-            endpoint, body = custom_request(json_message)
-        except InvalidCustomPayload as exc:
-            logger.warning("Skipping a custom response for %s: %s", recipient_id, exc)
-            return
-        await self._deliver(recipient_id, endpoint, body)
+        await self.send_response(recipient_id, {"custom": json_message})
 
     async def send_elements(
         self, recipient_id: str, elements: Iterable[Dict[str, Any]], **kwargs: Any
     ) -> None:
-        for element in elements:
-            title = str(element.get("title") or "")
-            subtitle = str(element.get("subtitle") or "")
-            text = f"*{title}*\n{subtitle}".strip() if subtitle else f"*{title}*"
-            image = element.get("image_url")
-            if isinstance(image, str) and image:
-                await self.send_image_url(recipient_id, image)
-            await self.send_text_with_buttons(recipient_id, text, element.get("buttons") or [])
+        await self.send_response(recipient_id, {"elements": list(elements)})
 
 
 class ZApiInput(InputChannel):
@@ -359,8 +353,22 @@ class ZApiInput(InputChannel):
             in_flight=self._sends,
             conversation=message.conversation if message is not None else None,
             reply_to=message.phone if message is not None else None,
+            quote=self._quote_for(message),
             metrics=self.metrics,
         )
+
+    def _quote_for(self, message: Optional[InboundMessage]) -> Optional[str]:
+        """The message id the answer quotes, as ``quote_replies`` says."""
+        mode = self.config.quote_replies
+        if message is None or mode == "never":
+            return None
+        if mode == "groups" and not message.metadata.get("is_group"):
+            return None
+        # A merged burst quotes its last message: the one the customer just wrote.
+        ids = message.metadata.get("message_ids")
+        if isinstance(ids, list) and ids:
+            return str(ids[-1])
+        return message.message_id
 
     async def close(self, grace_seconds: Optional[float] = None) -> None:
         """Finish queued turns within the grace period, keep the rest, close the HTTP client."""
@@ -638,7 +646,9 @@ class ZApiInput(InputChannel):
             return
         self.metrics.delivery_failures.labels("journaled").inc()
         await self.get_output_channel()._journal(
-            endpoint, body, f"Z-API reported after queueing it: {failure.error}{code}", FAILED
+            ZApiRequest(endpoint, body),
+            f"Z-API reported after queueing it: {failure.error}{code}",
+            FAILED,
         )
 
     def _in_background(self, work: Awaitable[None]) -> None:

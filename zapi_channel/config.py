@@ -32,6 +32,8 @@ CREDENTIAL_KEYS: Tuple[str, ...] = ("instance_id", "instance_token", "client_tok
 REQUIRED_CHANNEL_KEYS: Tuple[str, ...] = (*CREDENTIAL_KEYS, "webhook_token")
 
 BUTTON_MODES = ("text", "buttons", "list")
+#: When an answer quotes the customer's message: in groups it tells who is answered.
+QUOTE_MODES = ("never", "groups", "always")
 
 #: What the bot receives when a customer sends something that has no text of its own.
 #: Rasa reads ``/name`` as "intent ``name``", so a bot can answer each kind with a story or rule.
@@ -141,6 +143,15 @@ class ChannelConfig:
     delay_typing: Optional[int] = None
     mark_read: bool = False
     max_text_length: int = 4096
+    #: Whether the first message of an answer quotes the customer's message: never, groups, always.
+    quote_replies: str = "never"
+    #: The preview picture of a link whose response names none (Z-API requires one); unset, the
+    #: linked site's /favicon.ico.
+    link_preview_image: Optional[str] = None
+    #: Messages of one customer arriving within this many milliseconds of each other become one
+    #: Rasa message (texts only; 0: off). A customer typing without pause is answered after at
+    #: most three windows.
+    merge_window_ms: int = 0
     media_texts: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MEDIA_TEXTS))
     #: How many conversations may run a Rasa turn at the same time.
     max_concurrency: int = 8
@@ -185,6 +196,11 @@ class ChannelConfig:
             raise ConfigError(
                 "'metrics_token' must be at least 16 characters (for example the output of "
                 '`python -c "import secrets; print(secrets.token_urlsafe(32))"`)'
+            )
+        if self.quote_replies not in QUOTE_MODES:
+            raise ConfigError(
+                f"'quote_replies' must be one of {', '.join(QUOTE_MODES)}, "
+                f"not {self.quote_replies!r}"
             )
         if self.buttons_as not in BUTTON_MODES:
             raise ConfigError(
@@ -249,6 +265,13 @@ def _text_value(key: str, value: Any) -> str:
     return clean(value)
 
 
+def _url_value(key: str, value: Any) -> str:
+    url = clean(value)
+    if not url.startswith(("https://", "http://", "data:")):
+        raise ConfigError(f"'{key}' must be an http(s) URL, not {url[:60]!r}")
+    return url
+
+
 #: How each optional key is read. The credentials (and base_url) are read by ZApiCredentials.
 _COERCERS: Mapping[str, Callable[[str, Any], Any]] = {
     "active": as_bool,
@@ -259,6 +282,10 @@ _COERCERS: Mapping[str, Callable[[str, Any], Any]] = {
     "delay_typing": _ranged(1, 15),
     "mark_read": as_bool,
     "max_text_length": _ranged(100, 65000),
+    "quote_replies": _text_value,
+    "link_preview_image": _url_value,
+    # A minute of silence is no longer a burst; a longer wait would read as a bot not answering.
+    "merge_window_ms": _ranged(0, 60000),
     "media_texts": _media_texts,
     "max_concurrency": _ranged(1, 1024),
     "max_body_bytes": _ranged(1024, 16 * 1024 * 1024),
@@ -297,6 +324,7 @@ __all__ = [
     "DEFAULT_MEDIA_TEXTS",
     "DEFAULT_STATE_PATH",
     "KNOWN_CHANNEL_KEYS",
+    "QUOTE_MODES",
     "REQUIRED_CHANNEL_KEYS",
     "ChannelConfig",
     "ZApiCredentials",

@@ -384,30 +384,46 @@ def _check_send_text(body: Mapping[str, Any]) -> None:
 def _check_send_image(body: Mapping[str, Any]) -> None:
     _required_text(body, "image")
     _optional_text(body, "caption")
+    _optional_id(body, "messageId")
     _optional_bool(body, "viewOnce")
 
 
 def _check_send_audio(body: Mapping[str, Any]) -> None:
     _required_text(body, "audio")
     _optional_bool(body, "waveform")
+    _optional_bool(body, "viewOnce")
 
 
 def _check_send_video(body: Mapping[str, Any]) -> None:
     _required_text(body, "video")
     _optional_text(body, "caption")
+    _optional_id(body, "messageId")
+    _optional_bool(body, "viewOnce")
+
+
+def _check_send_sticker(body: Mapping[str, Any]) -> None:
+    _required_text(body, "sticker")
+    _optional_id(body, "messageId")
+    _optional_text(body, "stickerAuthor")
 
 
 def _check_send_document(body: Mapping[str, Any]) -> None:
     _required_text(body, "document")
     _optional_text(body, "fileName")
     _optional_text(body, "caption")
+    _optional_id(body, "messageId")
 
 
 def _check_send_link(body: Mapping[str, Any]) -> None:
     message = _required_text(body, "message")
     link = _required_text(body, "linkUrl")
+    # The docs mark all three required (an earlier emulator accepted a body without them, and so
+    # did the channel's sends).
     for key in ("image", "title", "linkDescription"):
-        _optional_text(body, key)
+        _required_text(body, key)
+    _optional_id(body, "messageId")
+    if body.get("linkType") not in (None, "SMALL", "MEDIUM", "LARGE"):
+        raise _BodyError("linkType must be SMALL, MEDIUM or LARGE")
     # Z-API's docs: "Don't forget to inform the same value of the linkURL at the end of this text."
     if not message.endswith(link):
         raise _BodyError("message must end with linkUrl")
@@ -484,6 +500,7 @@ SEND_CHECKS: Mapping[str, Callable[[Mapping[str, Any]], None]] = {
     "send-image": _check_send_image,
     "send-audio": _check_send_audio,
     "send-video": _check_send_video,
+    "send-sticker": _check_send_sticker,
     "send-document": _check_send_document,
     "send-link": _check_send_link,
     "send-location": _check_send_location,
@@ -809,9 +826,17 @@ def _echo_content(endpoint: str, body: Mapping[str, Any]) -> Optional[Tuple[str,
     if base == "send-video":
         caption = body.get("caption") or ""
         return "video", {"videoUrl": body["video"], "caption": caption, "mimeType": "video/mp4"}
+    if base == "send-sticker":
+        return "sticker", {"stickerUrl": body["sticker"], "mimeType": "image/webp"}
     if base == "send-document":
         name = body.get("fileName") or ""
-        return "document", {"documentUrl": body["document"], "fileName": name, "title": name}
+        caption = body.get("caption") or ""
+        return "document", {
+            "documentUrl": body["document"],
+            "fileName": name,
+            "title": name,
+            "caption": caption,
+        }
     message = body.get("message")
     if isinstance(message, str):
         return "text", {"message": message}
