@@ -1024,3 +1024,52 @@ async def test_a_gzip_webhook_reaches_the_bot_and_a_zip_bomb_is_413(
     await harness.settle()
     [message] = harness.agent.messages
     assert message.text == "Hi there"
+
+
+@pytest.mark.parametrize(
+    ("mode", "quotes_direct", "quotes_group"),
+    [("never", False, False), ("groups", False, True), ("always", True, True)],
+)
+async def test_quote_replies_quotes_the_customers_message_where_asked(
+    make_harness: Callable[..., Any],
+    callback: Load,
+    zapi: respx.MockRouter,
+    mode: str,
+    quotes_direct: bool,
+    quotes_group: bool,
+) -> None:
+    zapi.route(host="127.0.0.1").pass_through()
+    harness = await make_harness(allow_groups=True, quote_replies=mode)
+    direct, group = callback("received_text"), callback("received_group_text")
+    for payload in (direct, group):
+        await harness.post(payload)
+    await harness.settle()
+    for user_message in harness.agent.messages:
+        await user_message.output_channel.send_response(user_message.sender_id, {"text": "ok"})
+    quoted = [json.loads(c.request.content).get("messageId") for c in zapi["send-text"].calls]
+    assert quoted == [
+        direct["messageId"] if quotes_direct else None,
+        group["messageId"] if quotes_group else None,
+    ]
+
+
+async def test_a_burst_within_the_merge_window_is_one_rasa_message(
+    make_harness: Callable[..., Any], callback: Load
+) -> None:
+    harness = await make_harness(merge_window_ms=300, mark_read=True)
+    payload = callback("received_text")
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        read = router.post(path__regex=r"/read-message$", name="read-message").mock(
+            return_value=httpx.Response(204)
+        )
+        for n, text in enumerate(["oi", "tudo bem?", "queria fazer um pedido"]):
+            answer = await harness.post(with_id(payload, f"3EB0BURST{n}", text))
+            assert answer.status_code == 200
+        await harness.settle()
+    [message] = harness.agent.messages
+    assert message.text == "oi\ntudo bem?\nqueria fazer um pedido"
+    assert message.message_id == "3EB0BURST0"
+    assert message.metadata["zapi"]["message_ids"] == ["3EB0BURST0", "3EB0BURST1", "3EB0BURST2"]
+    # Reading the last message of the burst reads the chat up to it.
+    assert json.loads(read.calls.last.request.content)["messageId"] == "3EB0BURST2"

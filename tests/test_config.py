@@ -170,3 +170,41 @@ def test_the_state_file_and_dedup_window_have_defaults_and_bounds() -> None:
 def test_an_empty_placeholder_means_the_default() -> None:
     config = ChannelConfig.from_mapping(channel_block(max_concurrency="", redis_url=" "))
     assert (config.max_concurrency, config.redis_url) == (8, None)
+
+
+def test_answer_shaping_keys_have_safe_defaults() -> None:
+    config = ChannelConfig.from_mapping(channel_block())
+    assert (config.quote_replies, config.merge_window_ms, config.link_preview_image) == (
+        "never",
+        0,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("quote_replies", "sometimes", "'quote_replies' must be one of never, groups, always"),
+        ("merge_window_ms", "-1", "merge_window_ms"),
+        ("merge_window_ms", "61000", "merge_window_ms"),
+        ("link_preview_image", "logo.png", "'link_preview_image' must be an http"),
+    ],
+)
+def test_answer_shaping_keys_refuse_bad_values(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ChannelConfig.from_mapping(channel_block(**{key: value}))
+
+
+def test_answer_shaping_keys_are_read() -> None:
+    config = ChannelConfig.from_mapping(
+        channel_block(
+            quote_replies="groups",
+            merge_window_ms="1500",
+            link_preview_image=" https://cdn.test/logo.png ",
+        )
+    )
+    assert (config.quote_replies, config.merge_window_ms, config.link_preview_image) == (
+        "groups",
+        1500,
+        "https://cdn.test/logo.png",
+    )

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
@@ -334,3 +335,102 @@ async def test_our_sends_are_remembered_by_message_id(make: Make) -> None:
     await delivery.accept(message(1))  # anything queued before it is committed by now
     assert await delivery.outgoing("3EB0OURS") == record
     assert await delivery.outgoing("3EB0THEIRS") is None
+
+
+# -- bursts (merge_window_ms) -------------------------------------------------------------------
+
+WINDOW = 0.3
+
+
+class Turns(Recorder):
+    """Every turn's message, and when it started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: List[InboundMessage] = []
+        self.started: List[float] = []
+
+    async def __call__(self, message: InboundMessage) -> None:
+        self.started.append(time.monotonic())
+        self.messages.append(message)
+        await super().__call__(message)
+
+
+async def test_texts_within_the_window_are_one_turn_and_each_is_done(make: Make) -> None:
+    delivery = make("store", merge_window=WINDOW)
+    turns = Turns()
+    await delivery.start(turns)
+    for n, text in enumerate(["oi", "tudo bem?", "queria fazer um pedido"]):
+        await delivery.accept(message(n, text=text))
+        await asyncio.sleep(WINDOW / 3)
+    await until(lambda: bool(turns.texts))
+    await asyncio.sleep(WINDOW * 2)
+    assert turns.texts == ["oi\ntudo bem?\nqueria fazer um pedido"]
+    [merged] = turns.messages
+    assert merged.message_id == "MSG0"
+    assert merged.metadata["message_ids"] == ["MSG0", "MSG1", "MSG2"]
+    await until(lambda: delivery.pending == 0)
+    # Deduplication stays per message: a redelivery of any part is not answered again...
+    assert await delivery.accept(message(1, text="tudo bem?")) is False
+    # ...and every part was finished, so a restart runs nothing again.
+    assert await delivery.stop(5) == []
+    await delivery.aclose()
+    again = make("store", merge_window=WINDOW)
+    rerun = Recorder()
+    await again.start(rerun)
+    await asyncio.sleep(WINDOW * 2)
+    assert rerun.texts == []
+
+
+async def test_a_text_after_a_quiet_window_is_its_own_turn(make: Make) -> None:
+    delivery = make(merge_window=WINDOW)
+    turns = Turns()
+    await delivery.start(turns)
+    await delivery.accept(message(1, text="oi"))
+    await until(lambda: len(turns.texts) == 1)
+    await delivery.accept(message(2, text="alguém aí?"))
+    await until(lambda: len(turns.texts) == 2)
+    assert turns.texts == ["oi", "alguém aí?"]
+
+
+async def test_media_is_never_merged_into_text(make: Make) -> None:
+    delivery = make(merge_window=WINDOW)
+    turns = Turns()
+    await delivery.start(turns)
+    image = replace(message(2, text="/zapi_image"), kind="image")
+    for item in (message(1, text="olha"), image, message(3, text="gostou?")):
+        await delivery.accept(item)
+    await until(lambda: len(turns.texts) == 3)
+    assert turns.texts == ["olha", "/zapi_image", "gostou?"]
+
+
+async def test_a_customer_typing_without_pause_is_answered_within_three_windows(
+    make: Make,
+) -> None:
+    delivery = make(merge_window=WINDOW)
+    turns = Turns()
+    await delivery.start(turns)
+    began = time.monotonic()
+    n = 0
+    # A text every third of a window, for five windows: the quiet never comes.
+    while time.monotonic() - began < 5 * WINDOW:
+        await delivery.accept(message(n, text=f"t{n}"))
+        n += 1
+        await asyncio.sleep(WINDOW / 3)
+    await until(lambda: sum(len(m.metadata.get("message_ids", [1])) for m in turns.messages) == n)
+    # The first turn started at most three windows (and some scheduling slack) after the first
+    # text, and every text reached exactly one turn, in order.
+    assert turns.started[0] - began < 3 * WINDOW + 0.25
+    assert "\n".join(turns.texts).split("\n") == [f"t{i}" for i in range(n)]
+    assert len(turns.texts) >= 2
+
+
+async def test_customers_bursts_do_not_mix(make: Make) -> None:
+    delivery = make(merge_window=WINDOW)
+    turns = Turns()
+    await delivery.start(turns)
+    for n in range(4):
+        phone = "5511999990000" if n % 2 == 0 else "5511999990001"
+        await delivery.accept(message(n, phone=phone, text=f"{phone[-1]}:{n}"))
+    await until(lambda: len(turns.texts) == 2)
+    assert sorted(turns.texts) == ["0:0\n0:2", "1:1\n1:3"]

@@ -17,6 +17,8 @@ from zapi_channel.inbound import (
     Ignored,
     InboundMessage,
     Invalid,
+    merge_burst,
+    mergeable,
     parse_body,
     parse_callback,
 )
@@ -473,3 +475,37 @@ def test_every_example_of_the_received_callback_page(
     else:
         assert isinstance(parsed, InboundMessage), parsed
         assert parsed.from_owner is (example["expected"] == "owner")
+
+
+def with_id(payload: Dict[str, Any], message_id: str, text: str) -> Dict[str, Any]:
+    return {**payload, "messageId": message_id, "text": {"message": text}}
+
+
+def test_a_burst_is_one_message_with_every_id(callback: Load, config: ChannelConfig) -> None:
+    payload = callback("received_text")
+    parts = [
+        message(with_id(payload, f"3EB0{n}", text), config)
+        for n, text in enumerate(["oi", "tudo bem?", "queria fazer um pedido"])
+    ]
+    merged = merge_burst(parts)
+    assert merged.text == "oi\ntudo bem?\nqueria fazer um pedido"
+    assert merged.message_id == "3EB00" and merged.dedup_key == parts[0].dedup_key
+    assert merged.metadata["message_ids"] == ["3EB00", "3EB01", "3EB02"]
+    assert merge_burst(parts[:1]) is parts[0]
+    with pytest.raises(ValueError):
+        merge_burst([])
+
+
+@pytest.mark.parametrize(
+    ("fixture", "merges"),
+    [
+        ("received_text", True),
+        ("received_image", False),  # media (a caption too) is never merged into text
+        ("received_audio", False),
+        ("received_button_reply", False),
+        ("received_group_text", False),  # two participants' texts are not one message
+    ],
+)
+def test_what_can_be_part_of_a_burst(callback: Load, fixture: str, merges: bool) -> None:
+    config = ChannelConfig.from_mapping(channel_block(allow_groups=True))
+    assert mergeable(message(callback(fixture), config)) is merges

@@ -93,3 +93,74 @@ async def test_cancel_hands_back_running_and_queued_items() -> None:
     assert sorted(await workers.cancel()) == ["other", "queued", "running"]
     assert workers.unfinished() == [] and workers.pending == 0
     assert await workers.join(0.01)
+
+
+async def test_a_job_takes_the_matching_items_queued_behind_it_and_they_do_not_run() -> None:
+    workers: ConversationWorkers[int] = ConversationWorkers(max_concurrency=1)
+    ran: List[int] = []
+    took: List[List[int]] = []
+    gate = asyncio.Event()
+
+    def job(n: int):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            await gate.wait()
+            took.append(workers.take_following("5511", lambda item: item < 3, limit=10))
+            assert sorted(workers.unfinished()) == list(range(n, 5))  # taken ones still count
+            ran.append(n)
+
+        return run
+
+    for n in range(5):
+        workers.submit("5511", n, job(n))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await workers.join(2)
+    # 0 took 1 and 2 (3 breaks the run); 3 ran and found 4, which is not wanted.
+    assert ran == [0, 3, 4]
+    assert took == [[1, 2], [], []]
+
+
+async def test_take_following_stops_at_its_limit() -> None:
+    workers: ConversationWorkers[int] = ConversationWorkers(max_concurrency=1)
+    took: List[List[int]] = []
+
+    async def first() -> None:
+        took.append(workers.take_following("5511", lambda item: True, limit=2))
+
+    async def later() -> None:
+        return None
+
+    workers.submit("5511", 0, first)
+    for n in range(1, 5):
+        workers.submit("5511", n, later)
+    assert await workers.join(2)
+    assert took == [[1, 2]]
+
+
+async def test_the_wait_before_a_job_holds_no_concurrency_slot() -> None:
+    slow_to_start = asyncio.Event()
+
+    async def before(sender: str, item: str) -> None:
+        if sender == "waits":
+            await slow_to_start.wait()
+
+    workers: ConversationWorkers[str] = ConversationWorkers(max_concurrency=1, before=before)
+    done: List[str] = []
+
+    def job(name: str):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            done.append(name)
+
+        return run
+
+    workers.submit("waits", "a", job("a"))
+    workers.submit("other", "b", job("b"))
+    # The other customer's job runs while the first one still waits to start.
+    for _ in range(50):
+        if done:
+            break
+        await asyncio.sleep(0.01)
+    assert done == ["b"]
+    slow_to_start.set()
+    assert await workers.join(2)
+    assert done == ["b", "a"]

@@ -502,8 +502,11 @@ class ZApiInput(InputChannel):
         if number is None:
             logger.debug("Not marking %s as read: no number known for it", message.message_id)
             return
+        # A merged burst: reading its last message reads the chat up to it.
+        ids = message.metadata.get("message_ids")
+        latest = str(ids[-1]) if isinstance(ids, list) and ids else message.message_id
         try:
-            await self.client.read_message(number, message.message_id)
+            await self.client.read_message(number, latest)
         except ZApiError as exc:
             logger.warning("Could not mark message %s as read: %s", message.message_id, exc)
 

@@ -14,11 +14,12 @@ Unknown fields never break parsing; camelCase becomes snake_case here and nowher
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from zapi_channel.config import ChannelConfig
 
@@ -93,6 +94,32 @@ class InboundMessage:
         """Every way this callback names the customer, ``phone`` (as received) first."""
         others = [form for form in (self.lid, self.number) if form and form != self.phone]
         return (self.phone, *others)
+
+
+def mergeable(message: InboundMessage) -> bool:
+    """Whether a message can be part of a burst (``merge_window_ms``): a customer's typed text
+    in a one-to-one chat. Media is never merged into text, and in a group two participants'
+    texts are not one message."""
+    return (
+        message.kind == "text" and not message.from_owner and not message.metadata.get("is_group")
+    )
+
+
+def merge_burst(messages: Sequence[InboundMessage]) -> InboundMessage:
+    """One message for a burst ("oi" / "tudo bem?" / "queria fazer um pedido").
+
+    The texts are joined by newlines, in order. It keeps the first message's id, under which its
+    answers are numbered (so that a turn run again after a crash skips what it sent), and lists
+    every id in ``metadata["message_ids"]``.
+    """
+    if not messages:
+        raise ValueError("a burst has at least one message")
+    head = messages[0]
+    if len(messages) == 1:
+        return head
+    metadata = {**head.metadata, "message_ids": [message.message_id for message in messages]}
+    text = "\n".join(message.text for message in messages)
+    return dataclasses.replace(head, text=text, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -592,6 +619,8 @@ __all__ = [
     "InboundMessage",
     "Invalid",
     "Parsed",
+    "merge_burst",
+    "mergeable",
     "parse_body",
     "parse_callback",
 ]

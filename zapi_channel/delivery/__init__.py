@@ -33,6 +33,7 @@ def open_delivery(config: ChannelConfig) -> Delivery:
             lease_seconds=config.inbox_lease_seconds,
             dedup_ttl_seconds=config.dedup_ttl_seconds,
             max_concurrency=config.max_concurrency,
+            merge_window=config.merge_window_ms / 1000,
         )
     from zapi_channel.delivery.embedded import EmbeddedDelivery
 
@@ -40,6 +41,7 @@ def open_delivery(config: ChannelConfig) -> Delivery:
         Path(config.state_path),
         dedup_ttl_seconds=config.dedup_ttl_seconds,
         max_concurrency=config.max_concurrency,
+        merge_window=config.merge_window_ms / 1000,
     )
 
 

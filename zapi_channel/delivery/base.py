@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -48,7 +49,7 @@ from typing import (
 )
 
 from zapi_channel.delivery.workers import ConversationWorkers
-from zapi_channel.inbound import InboundMessage
+from zapi_channel.inbound import InboundMessage, merge_burst, mergeable
 from zapi_channel.outbound import Choice
 
 logger = logging.getLogger(__name__)
@@ -190,37 +191,91 @@ class Delivery(Journal, Protocol):
     async def end_handoff(self, conversation: str) -> None: ...
 
 
+#: The most messages one burst merges: a backlog (after a restart) is not one endless message.
+MAX_BURST = 20
+
+
 class Turns:
     """Per-customer FIFO turns, shared by both implementations.
 
     ``finish`` runs after a turn ended, well or badly, but not when a stop cancelled it: a
     cancelled turn's message stays kept, to run again on the next start.
+
+    With a ``merge_window`` (seconds), a customer's texts that arrive within the window of each
+    other make one turn (:func:`~zapi_channel.inbound.merge_burst`). The first text's turn waits
+    until the customer has been quiet for a window, but never longer than three windows after
+    that text arrived; it waits outside the concurrency limit, and then takes the texts queued
+    behind it. Each message is still kept, deduplicated and finished on its own.
     """
 
-    def __init__(self, max_concurrency: int, finish: Callable[[InboundMessage], Awaitable[None]]):
-        self.workers: ConversationWorkers[InboundMessage] = ConversationWorkers(max_concurrency)
+    def __init__(
+        self,
+        max_concurrency: int,
+        finish: Callable[[InboundMessage], Awaitable[None]],
+        *,
+        merge_window: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._window = max(0.0, merge_window)
+        self.workers: ConversationWorkers[InboundMessage] = ConversationWorkers(
+            max_concurrency, before=self._settle if self._window else None
+        )
         self._finish = finish
+        self._clock = clock
+        # When each waiting message arrived, and each conversation's latest arrival.
+        self._arrived: Dict[str, float] = {}
+        self._latest: Dict[str, float] = {}
         self.handler: Optional[TurnHandler] = None
 
     def submit(self, message: InboundMessage) -> None:
+        if self._window:
+            now = self._clock()
+            self._arrived[message.dedup_key] = now
+            self._latest[message.conversation] = now
         # Per conversation, not per phone: both forms of one customer wait in one queue.
         self.workers.submit(message.conversation, message, partial(self._run, message))
 
+    async def _settle(self, conversation: str, message: InboundMessage) -> None:
+        """Wait for the rest of a burst that ``message`` may begin."""
+        if not mergeable(message):
+            return
+        first = self._arrived.get(message.dedup_key, self._clock())
+        deadline = first + 3 * self._window
+        while True:
+            now = self._clock()
+            wake = min(self._latest.get(conversation, first) + self._window, deadline)
+            if wake <= now:
+                return
+            await asyncio.sleep(wake - now)
+
     async def _run(self, message: InboundMessage) -> None:
         assert self.handler is not None
+        batch = [message]
+        if self._window and mergeable(message):
+            batch += self.workers.take_following(
+                message.conversation, mergeable, limit=MAX_BURST - 1
+            )
         try:
-            await self.handler(message)
+            await self.handler(merge_burst(batch))
         except asyncio.CancelledError:
             raise
         except Exception:
             # Run again, it would most likely fail again, at every start: it is logged, and done.
             logger.exception("The turn of message %s failed", message.message_id)
-        await self._finish(message)
+        for done in batch:
+            await self._finish(done)
+            arrived = self._arrived.pop(done.dedup_key, None)
+            if arrived is not None and self._latest.get(done.conversation) == arrived:
+                # Nothing newer from this customer: forget it (the table stays bounded).
+                del self._latest[done.conversation]
 
     async def stop(self, grace_seconds: float) -> List[InboundMessage]:
         if await self.workers.join(grace_seconds):
             return []
-        return await self.workers.cancel()
+        unfinished = await self.workers.cancel()
+        self._arrived.clear()
+        self._latest.clear()
+        return unfinished
 
 
 #: How long the messages our sends created are remembered (their echoes come within seconds;
@@ -292,6 +347,7 @@ def decode_message(text: Any) -> Optional[InboundMessage]:
 __all__ = [
     "CHOICES_TTL_SECONDS",
     "FAILED",
+    "MAX_BURST",
     "OUTGOING_TTL_SECONDS",
     "UNKNOWN",
     "Delivery",

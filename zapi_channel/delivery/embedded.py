@@ -509,10 +509,11 @@ class EmbeddedDelivery(EmbeddedJournal):
         *,
         dedup_ttl_seconds: float = 24 * 3600.0,
         max_concurrency: int = 8,
+        merge_window: float = 0.0,
     ) -> None:
         super().__init__(StateFile(path, consumer=True))
         self.dedup_ttl_seconds = dedup_ttl_seconds
-        self._turns = Turns(max_concurrency, self._finish)
+        self._turns = Turns(max_concurrency, self._finish, merge_window=merge_window)
         self._thread = self._file.thread
         # Accepted before start() read the inbox, or while stopping: run by start(), or kept.
         self._held: List[Tuple[int, InboundMessage]] = []

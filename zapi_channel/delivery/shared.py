@@ -188,6 +188,7 @@ class RedisDelivery(RedisJournal):
         lease_seconds: float = 15.0,
         dedup_ttl_seconds: float = 24 * 3600.0,
         max_concurrency: int = 8,
+        merge_window: float = 0.0,
         block_seconds: float = 1.0,
     ) -> None:
         super().__init__(client, prefix=prefix)
@@ -199,7 +200,7 @@ class RedisDelivery(RedisJournal):
             lease_seconds=lease_seconds,
             block_seconds=block_seconds,
         )
-        self._turns = Turns(max_concurrency, self._finish)
+        self._turns = Turns(max_concurrency, self._finish, merge_window=merge_window)
         # Where each running message sits in the streams, to acknowledge it once answered.
         self._entries: Dict[str, tuple] = {}  # type: ignore[type-arg]
 

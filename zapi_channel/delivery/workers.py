@@ -8,6 +8,10 @@ cannot starve the event loop.
 
 Each queued job carries the item it works on, so that at shutdown whatever did not finish can be
 handed back (:meth:`ConversationWorkers.unfinished`) and kept for the next start.
+
+A running job may take the items queued right behind it (:meth:`ConversationWorkers.take_following`)
+to handle them with its own: they stay queued, so they still count as unfinished, until that job
+ends, and are then dropped without running.
 """
 
 from __future__ import annotations
@@ -21,12 +25,20 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Job = Callable[[], Awaitable[None]]
+#: Awaited before a job takes one of the ``max_concurrency`` slots (a wait for more messages of
+#: the same sender must not hold a slot that another customer's turn could use).
+Before = Callable[[str, T], Awaitable[None]]
+
+
+async def _taken() -> None:
+    """The job of an item that an earlier job of its sender handled."""
 
 
 class ConversationWorkers(Generic[T]):
-    def __init__(self, max_concurrency: int) -> None:
+    def __init__(self, max_concurrency: int, *, before: Optional[Before[T]] = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        self._before = before
         self._limit = max_concurrency
         self._semaphore: Optional[asyncio.Semaphore] = None
         self._queues: Dict[str, Deque[Tuple[T, Job]]] = {}
@@ -61,12 +73,37 @@ class ConversationWorkers(Generic[T]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def take_following(self, sender: str, wanted: Callable[[T], bool], limit: int) -> List[T]:
+        """The items queued right behind the sender's running job, as long as ``wanted`` says
+        yes, at most ``limit``: the running job handles them, and they will not run again."""
+        queue = self._queues.get(sender)
+        taken: List[T] = []
+        if not queue:
+            return taken
+        for index in range(1, len(queue)):
+            item, job = queue[index]
+            if job is _taken:
+                continue
+            if len(taken) >= limit or not wanted(item):
+                break
+            queue[index] = (item, _taken)
+            taken.append(item)
+        return taken
+
     async def _drain(self, sender: str) -> None:
         assert self._semaphore is not None and self._idle is not None
         queue = self._queues[sender]
         try:
             while queue:
-                _, job = queue[0]
+                item, job = queue[0]
+                if job is _taken:
+                    queue.popleft()
+                    continue
+                if self._before is not None:
+                    try:
+                        await self._before(sender, item)
+                    except Exception:
+                        logger.exception("Preparing a conversation turn failed; running it now")
                 async with self._semaphore:
                     try:
                         await job()
