@@ -11,6 +11,7 @@ Screenshots of each browser test land in its ``tmp_path`` (the path is printed; 
 from __future__ import annotations
 
 import base64
+import math
 import os
 import shutil
 import struct
@@ -83,6 +84,20 @@ def tiny_png(width: int = 60, height: int = 40) -> bytes:
 
 
 PNG_URI = "data:image/png;base64," + base64.b64encode(tiny_png()).decode("ascii")
+
+
+def tiny_wav(seconds: float = 0.5, rate: int = 8000) -> bytes:
+    """Half a second of a quiet 440 Hz tone, as a WAV file: a voice note that needs no network."""
+    samples = bytes(
+        128 + int(20 * math.sin(2 * math.pi * 440 * n / rate)) for n in range(int(seconds * rate))
+    )
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate, 1, 8)  # PCM, mono, 8-bit
+    data = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(samples))
+    body = b"WAVE" + data + samples
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+WAV_URI = "data:audio/wav;base64," + base64.b64encode(tiny_wav()).decode("ascii")
 
 
 # -- the fake bot -------------------------------------------------------------------------------
@@ -346,6 +361,7 @@ async def test_every_kind_of_bot_message_is_drawn_and_lists_answer_like_whatsapp
         "send-link",
         {
             "message": "Our site: https://example.com",
+            "image": PNG_URI,
             "linkUrl": "https://example.com",
             "title": "Example",
             "linkDescription": "What we do",
@@ -392,6 +408,65 @@ async def test_every_kind_of_bot_message_is_drawn_and_lists_answer_like_whatsapp
     assert stack.emulator.conversation(CUSTOMER)[3]["message_id"] == list_id
     await page.set_viewport_size({"width": 1180, "height": 1240})
     await screenshot(page, tmp_path / "chat-page-kinds.png")
+
+
+async def test_answers_look_as_on_whatsapp_captions_voice_notes_link_cards_and_quotes(
+    page: Any, stack: Stack, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        asked = await http.post(
+            "/_emulator/messages", json={"phone": CUSTOMER, "text": "what do you have?"}
+        )
+    question = asked.json()["messageId"]
+    # What the channel sends for a text+image response, quoting the question (quote_replies).
+    await stack.bot_sends(
+        "send-image", {"image": PNG_URI, "caption": "Our *special* today", "messageId": question}
+    )
+    await stack.bot_sends("send-text", {"message": "And a voice note:"})
+    await stack.bot_sends("send-audio", {"audio": WAV_URI, "waveform": True})
+    await stack.bot_sends(
+        "send-link",
+        {
+            "message": "Everything is on our site\n\nhttps://shop.example.com/menu",
+            "image": PNG_URI,
+            "linkUrl": "https://shop.example.com/menu",
+            "title": "Our menu",
+            "linkDescription": "Pizzas, drinks and desserts",
+        },
+    )
+    await stack.bot_sends("send-sticker", {"sticker": PNG_URI})
+
+    picture = page.locator(".row.bot .bubble.kind-send-image")
+    # The caption is under the picture, in the same bubble, and the quote is above both.
+    await expect(picture.locator(".quote")).to_contain_text("what do you have?")
+    await expect(picture.locator(".text strong")).to_have_text("special")
+    image_box = await picture.locator("img").bounding_box()
+    caption_box = await picture.locator(".text").bounding_box()
+    quote_box = await picture.locator(".quote").bounding_box()
+    assert quote_box["y"] + quote_box["height"] <= image_box["y"] + 1
+    assert image_box["y"] + image_box["height"] <= caption_box["y"] + 1
+    # The voice note is a player that can play.
+    voice = page.locator(".row.bot .bubble.kind-send-audio")
+    await expect(voice.locator(".subtext")).to_have_text("Voice message")
+    player = voice.locator("audio")
+    await expect(player).to_have_attribute("src", WAV_URI)
+    await player.evaluate("audio => { audio.preload = 'auto'; audio.load(); }")
+    await page.wait_for_function(
+        "() => document.querySelector('.kind-send-audio audio').duration > 0.4"
+    )
+    # The link is a card: picture, title, description and site, then the text.
+    card = page.locator(".row.bot .bubble.kind-send-link .link-card")
+    await expect(card.locator(".link-title")).to_have_text("Our menu")
+    await expect(card.locator(".link-description")).to_have_text("Pizzas, drinks and desserts")
+    await expect(card.locator(".link-host")).to_have_text("shop.example.com")
+    await expect(card).to_have_attribute("href", "https://shop.example.com/menu")
+    assert await card.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    # A sticker has no bubble around it.
+    sticker = page.locator(".row.bot .bubble.kind-send-sticker")
+    await expect(sticker.locator("img.sticker-image")).to_be_visible()
+    assert await sticker.evaluate("b => getComputedStyle(b).backgroundColor") == "rgba(0, 0, 0, 0)"
+    await page.set_viewport_size({"width": 1180, "height": 1100})
+    await screenshot(page, tmp_path / "chat-page-shaped.png")
 
 
 async def test_chat_list_switches_conversations_and_starts_new_ones(

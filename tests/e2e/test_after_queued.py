@@ -34,7 +34,10 @@ pytestmark = pytest.mark.e2e
 
 RECEIVED = ROOT / "tests" / "fixtures" / "callbacks" / "received_text.json"
 METRICS_TOKEN = "e2e-metrics-token-7c1d9b3a5e"
-MENU = "What would you like to see?\n\n*1.* A picture\n*2.* A document\n*3.* Talk to us"
+MENU = (
+    "What would you like to see?\n\n*1.* A picture\n*2.* A document\n*3.* A voice note"
+    "\n*4.* A video\n*5.* Our website\n*6.* Talk to us"
+)
 
 
 @dataclass
@@ -252,7 +255,8 @@ def test_buttons_refused_for_the_terms_are_followed_by_the_numbered_text(registe
     finally:
         registered.faults()
     refused, fallback = sent
-    assert (refused["endpoint"], refused["status"]) == ("send-button-list", "FAILED")
+    # Six choices: more than WhatsApp's three reply buttons, so an option list.
+    assert (refused["endpoint"], refused["status"]) == ("send-option-list", "FAILED")
     assert (fallback["endpoint"], fallback["body"]["message"]) == ("send-text", MENU)
     assert "button terms are not accepted" in registered.rasa_process.log()
     # The numbered text works: "1" is the first button.

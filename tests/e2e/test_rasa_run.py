@@ -22,6 +22,10 @@ from tests.e2e.figures import record, tally
 pytestmark = pytest.mark.e2e
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "callbacks"
+MENU = (
+    "What would you like to see?\n\n*1.* A picture\n*2.* A document\n*3.* A voice note"
+    "\n*4.* A video\n*5.* Our website\n*6.* Talk to us"
+)
 
 
 def new_phone() -> str:
@@ -68,9 +72,7 @@ def test_a_greeting_gets_the_customer_by_name_and_the_menu(stack: Stack) -> None
     assert greeting["endpoint"] == "send-text"
     assert greeting["body"] == {"phone": phone, "message": "Hi Ana! I'm the Z-API demo bot."}
     assert menu["endpoint"] == "send-text"
-    assert menu["body"]["message"] == (
-        "What would you like to see?\n\n*1.* A picture\n*2.* A document\n*3.* Talk to us"
-    )
+    assert menu["body"]["message"] == MENU
 
 
 def test_answering_with_a_number_picks_that_button(stack: Stack) -> None:
@@ -78,19 +80,23 @@ def test_answering_with_a_number_picks_that_button(stack: Stack) -> None:
     say(stack, phone, text="menu")
     bot_messages(stack, phone, 1)
     say(stack, phone, text="1")
-    sent = bot_messages(stack, phone, 3)
-    assert sent[1]["body"]["message"] == "Here is a picture for you."
-    assert sent[2]["endpoint"] == "send-image"
-    assert sent[2]["body"] == {"phone": phone, "image": "https://picsum.photos/id/237/400/300"}
+    sent = bot_messages(stack, phone, 2)
+    # Text and image in one response: one picture with its caption, as WhatsApp shows it.
+    assert sent[1]["endpoint"] == "send-image"
+    assert sent[1]["body"] == {
+        "phone": phone,
+        "image": "https://picsum.photos/id/237/400/300",
+        "caption": "Here is a picture for you.",
+    }
 
 
 def test_a_button_reply_triggers_the_buttons_intent_and_sends_a_document(stack: Stack) -> None:
     phone = new_phone()
     say(stack, phone, button_id="/ask_document", label="A document")
-    text, document = bot_messages(stack, phone, 2)
-    assert text["body"]["message"] == "Here is our brochure."
+    [document] = bot_messages(stack, phone, 1)
     assert document["endpoint"] == "send-document/pdf"
     assert document["body"]["fileName"] == "brochure.pdf"
+    assert document["body"]["caption"] == "Here is our brochure."
 
 
 def test_an_image_without_caption_and_a_voice_note_get_their_answers(stack: Stack) -> None:

@@ -215,6 +215,7 @@
   /** The list of things to draw: day separators and messages, each with a key and signature. */
   function buildItems(records) {
     const ids = new Set(records.map((r) => r.message_id).filter(Boolean));
+    const byId = new Map(records.filter((r) => r.message_id).map((r) => [r.message_id, r]));
     const edits = new Map();
     const reactions = new Map();
     const folded = new Set();
@@ -259,6 +260,9 @@
         view.quote = offeredBy(records, index, "id", content.buttonsResponseMessage.buttonId);
       } else if (content.listResponseMessage) {
         view.quote = offeredBy(records, index, "id", content.listResponseMessage.selectedRowId);
+      } else if (record.from === "bot" && record.body && byId.has(record.body.messageId)) {
+        // A bot answer that quotes the customer's message (quote_replies), as WhatsApp shows it.
+        view.quote = byId.get(record.body.messageId);
       }
       lastFrom = record.from;
       items.push({
@@ -354,11 +358,13 @@
 
   function quoteOf(record) {
     const body = (record && record.body) || {};
-    const text = body.message || body.caption || "";
+    const fromBot = record.from === "bot";
+    const text = fromBot ? body.message || body.caption || "" : record.text || `(${record.kind || "message"})`;
+    const name = fromBot ? "Bot" : record.sender_name || "Customer";
     return el(
       "div",
-      { class: "quote" },
-      el("div", { class: "quote-name", text: "Bot" }),
+      { class: fromBot ? "quote" : "quote quote-customer" },
+      el("div", { class: "quote-name", text: name }),
       el("div", { class: "quote-text", html: formatText(text.length > 160 ? `${text.slice(0, 160)}…` : text) }),
     );
   }
@@ -399,6 +405,7 @@
     const endpoint = baseEndpoint(record.endpoint);
     const bubble = el("div", { class: `bubble kind-${endpoint}` });
     let after = null;
+    if (view.quote) bubble.append(quoteOf(view.quote));
     switch (endpoint) {
       case "send-text":
         bubble.append(formatted(view.edit !== undefined ? view.edit : body.message));
@@ -416,8 +423,16 @@
         return { bubble: withMeta(bubble, view, !body.caption) };
       }
       case "send-audio":
-        bubble.append(audioPlayer(body.audio));
+        // waveform: true is WhatsApp's voice note (drawn with its sound waves).
+        bubble.append(audioPlayer(body.audio, null, body.waveform === true));
         break;
+      case "send-sticker": {
+        // A sticker has no bubble on WhatsApp: the picture alone, with the time over it.
+        bubble.classList.add("sticker");
+        const src = safeUrl(body.sticker, "image");
+        bubble.append(src ? el("img", { class: "sticker-image", src, alt: "Sticker" }) : brokenMedia("image"));
+        return { bubble: withMeta(bubble, view, true) };
+      }
       case "send-document":
         bubble.append(documentCard(record.endpoint, body));
         if (body.caption) bubble.append(formatted(body.caption));
@@ -481,9 +496,9 @@
     return el("div", { class: "broken", text: `(${kind} with an address this page will not load)` });
   }
 
-  function audioPlayer(url, seconds) {
+  function audioPlayer(url, seconds, voice = false) {
     const src = safeUrl(url, "audio");
-    const label = seconds ? `Voice message · ${seconds}s` : "Audio";
+    const label = seconds ? `Voice message · ${seconds}s` : voice ? "Voice message" : "Audio";
     return el(
       "div",
       { class: "audio" },
