@@ -67,6 +67,9 @@ def channel_block(**overrides: Any) -> Dict[str, Any]:
         "client_token": CLIENT_TOKEN,
         "webhook_token": WEBHOOK_TOKEN,
         "state_path": fresh_state_path(),
+        # respx intercepts httpx's own transport only: unit tests of the channel mock Z-API
+        # there. The default (aiohttp) runs in tests/test_transport.py and the end-to-end tests.
+        "http_transport": "httpx",
     }
     block.update(overrides)
     return block

@@ -208,3 +208,14 @@ def test_answer_shaping_keys_are_read() -> None:
         1500,
         "https://cdn.test/logo.png",
     )
+
+
+def test_http_transport_defaults_to_aiohttp_and_refuses_others() -> None:
+    block = channel_block()
+    del block["http_transport"]
+    assert ChannelConfig.from_mapping(block).http_transport == "aiohttp"
+    assert ChannelConfig.from_mapping(channel_block(http_transport="httpx")).http_transport == (
+        "httpx"
+    )
+    with pytest.raises(ConfigError, match="'http_transport' must be one of httpx, aiohttp"):
+        ChannelConfig.from_mapping(channel_block(http_transport="requests"))

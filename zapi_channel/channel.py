@@ -339,6 +339,7 @@ class ZApiInput(InputChannel):
                 timeout=self.config.timeout_seconds,
                 retry=RetryPolicy(attempts=self.config.retry_attempts),
                 on_retry=self.metrics.retried,
+                transport=self.config.http_transport,
             )
         return self._client
 

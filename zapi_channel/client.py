@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequ
 
 import httpx
 
-from zapi_channel.config import ZApiCredentials
+from zapi_channel.config import HTTP_TRANSPORTS, ZApiCredentials
 from zapi_channel.errors import (
     InvalidCredentials,
     NotConnected,
@@ -32,6 +32,7 @@ from zapi_channel.errors import (
 )
 from zapi_channel.redaction import install_log_redaction, redact
 from zapi_channel.retry import RetryPolicy
+from zapi_channel.transport import AiohttpTransport
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def quiet_httpx_request_log() -> None:
 quiet_httpx_request_log()
 
 DEFAULT_TIMEOUT = 15.0
+#: Connections to Z-API at most, on either transport.
+MAX_CONNECTIONS = 50
 #: Z-API keeps at most this many sends for a disconnected phone (docs: the queue's introduction).
 QUEUE_LIMIT = 1000
 #: The largest ``POST /queue`` page Z-API serves.
@@ -263,6 +266,7 @@ class ZApiClient:
         retry: Optional[RetryPolicy] = None,
         sleep: Optional[Callable[[float], Awaitable[Any]]] = None,
         on_retry: Optional[Callable[[str], None]] = None,
+        transport: str = "httpx",
     ) -> None:
         self.credentials = credentials
         #: Sends are retried on transient failures; one attempt means no retry.
@@ -271,10 +275,17 @@ class ZApiClient:
         self._on_retry = on_retry
         self._owns_client = http_client is None
         self._urls: Dict[str, httpx.URL] = {}
+        if transport not in HTTP_TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(HTTP_TRANSPORTS)}")
+        self.transport = transport if http_client is None else "injected"
         self._http = http_client or httpx.AsyncClient(
             # Connecting should be quick; Z-API itself may take a while to answer a send.
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20),
+            # httpx's API either way; "aiohttp" only moves the bytes (zapi_channel.transport).
+            transport=AiohttpTransport(max_connections=MAX_CONNECTIONS)
+            if transport == "aiohttp"
+            else None,
         )
 
     def __repr__(self) -> str:
@@ -643,6 +654,7 @@ def _json_bytes(body: Mapping[str, Any]) -> bytes:
 
 
 __all__: List[str] = [
+    "HTTP_TRANSPORTS",
     "QUEUE_LIMIT",
     "WEBHOOK_KINDS",
     "DeviceInfo",

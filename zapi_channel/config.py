@@ -32,6 +32,8 @@ CREDENTIAL_KEYS: Tuple[str, ...] = ("instance_id", "instance_token", "client_tok
 REQUIRED_CHANNEL_KEYS: Tuple[str, ...] = (*CREDENTIAL_KEYS, "webhook_token")
 
 BUTTON_MODES = ("text", "buttons", "list")
+#: What can carry the channel's HTTP calls (see zapi_channel.transport).
+HTTP_TRANSPORTS = ("httpx", "aiohttp")
 #: When an answer quotes the customer's message: in groups it tells who is answered.
 QUOTE_MODES = ("never", "groups", "always")
 
@@ -158,6 +160,10 @@ class ChannelConfig:
     #: The largest webhook body accepted, in bytes (Z-API sends media as URLs, so bodies are small).
     max_body_bytes: int = 256 * 1024
     timeout_seconds: float = 15.0
+    #: What carries the bytes of every call to Z-API under httpx's API: ``aiohttp``
+    #: (zapi_channel.transport; a send costs a quarter of the CPU, docs/benchmarks.md) or
+    #: ``httpx`` (httpx's own, httpcore).
+    http_transport: str = "aiohttp"
     #: Tries per send, the first included (transient failures only; see zapi_channel.retry).
     retry_attempts: int = 4
     #: On SIGTERM, how long queued turns may take before they are left for the next start.
@@ -196,6 +202,11 @@ class ChannelConfig:
             raise ConfigError(
                 "'metrics_token' must be at least 16 characters (for example the output of "
                 '`python -c "import secrets; print(secrets.token_urlsafe(32))"`)'
+            )
+        if self.http_transport not in HTTP_TRANSPORTS:
+            raise ConfigError(
+                f"'http_transport' must be one of {', '.join(HTTP_TRANSPORTS)}, "
+                f"not {self.http_transport!r}"
             )
         if self.quote_replies not in QUOTE_MODES:
             raise ConfigError(
@@ -290,6 +301,7 @@ _COERCERS: Mapping[str, Callable[[str, Any], Any]] = {
     "max_concurrency": _ranged(1, 1024),
     "max_body_bytes": _ranged(1024, 16 * 1024 * 1024),
     "timeout_seconds": lambda key, value: as_float(key, value, positive=True),
+    "http_transport": _text_value,
     "retry_attempts": _ranged(1, 10),
     "shutdown_grace_seconds": as_float,
     "state_path": _text_value,

@@ -24,6 +24,9 @@ THIRD_PARTY_LOGGERS = (
     "httpcore.http11",
     "httpcore.http2",
     "httpcore.proxy",
+    "aiohttp",
+    "aiohttp.client",
+    "aiohttp.internal",
 )
 
 
