@@ -197,9 +197,8 @@ chunks of {chunk:,}
 `VmRSS` is read from `/proc/PID/status`. wrk because 250,000 requests in a bounded time need a
 generator that costs far less than the server. A fresh bare handler gets the first
 {phases[0].requests:,} in the same chunks: what the Python process and sanic do on their own.
-
-![Resident memory of the webhook server](benchmarks-memory.png)
 """,
+        figure="![Resident memory of the webhook server](benchmarks-memory.png)",
         tables=[table],
         summary=(
             f"{at_cap:.0f} MiB after {phases[0].requests // 1000}k, {worst_after:.0f} MiB after",

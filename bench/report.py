@@ -48,10 +48,16 @@ class Section:
     notes: List[str] = field(default_factory=list)
     #: One line for the summary table: (ours, baseline, ratio).
     summary: Optional[Sequence[str]] = None
+    #: A Markdown image shown before everything else.
+    figure: str = ""
     seconds: float = 0.0
 
     def markdown(self) -> str:
-        parts = [f"## {self.title}", "", self.method.strip(), ""]
+        # The result first (the figure, the tables, met or missed and why), the method after:
+        # a reader looking for a number should not have to read how it was made to find it.
+        parts = [f"## {self.title}", ""]
+        if self.figure:
+            parts += [self.figure, ""]
         for table in self.tables:
             parts += [table.markdown(), ""]
         for target in self.targets:
@@ -64,6 +70,7 @@ class Section:
             parts.append("")
         for note in self.notes:
             parts += [note.strip(), ""]
+        parts += ["**How it was measured.** " + self.method.strip(), ""]
         parts.append(f"*This section took {self.seconds:.0f} s.*")
         return "\n".join(parts) + "\n"
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from bench import ack, e2e, ingest, memory, outbound, report
+from bench import ack, cluster, e2e, ingest, memory, outbound, report, scale
 from bench.common import Context
 from bench.procs import ROOT
 from bench.report import Section
@@ -34,6 +34,8 @@ BENCHMARKS: Dict[str, Callable[[Context], List[Section]]] = {
     "ingest": lambda ctx: [ingest.run(ctx)],
     "outbound": lambda ctx: [outbound.run(ctx)],
     "memory": lambda ctx: [memory.run(ctx)],
+    "scale": lambda ctx: [scale.run(ctx)],
+    "cluster": lambda ctx: [cluster.run(ctx)],
 }
 
 PREAMBLE = """

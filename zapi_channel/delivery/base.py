@@ -228,6 +228,9 @@ class Turns:
         self.handler: Optional[TurnHandler] = None
 
     def submit(self, message: InboundMessage) -> None:
+        if message.raw:
+            # Not needed by the turn (see identified()): groups are not identified.
+            message = replace(message, raw={})
         if self._window:
             now = self._clock()
             self._arrived[message.dedup_key] = now
@@ -288,7 +291,9 @@ def identified(message: InboundMessage, sender_id: str, linked: Sequence[str]) -
     lid = message.lid or next((f for f in linked if f.lower().endswith("@lid")), None)
     number = message.number or next((f for f in linked if f.isdigit()), None)
     metadata = {**message.metadata, "lid": lid, "phone_number": number, "sender_id": sender_id}
-    return replace(message, sender_id=sender_id, lid=lid, number=number, metadata=metadata)
+    # The raw callback is not needed past the webhook: a queued message holds only what its
+    # turn reads (thousands may wait, and each raw body is a few dozen objects more to keep).
+    return replace(message, sender_id=sender_id, lid=lid, number=number, metadata=metadata, raw={})
 
 
 def message_record(message: InboundMessage) -> Dict[str, Any]:
