@@ -460,13 +460,13 @@ action reads it, so both channels make the bot do the same work.
             why=_cpu_why(split),
         )
     )
-    _, _, sends_ms = _split(split)
+    per_send = _per_send_rounds(split)
     section.targets.append(
         Target(
             what="one send inside `rasa run`",
             goal=f"<= {SEND_CPU_TARGET_MS} ms of CPU",
-            result=f"{sends_ms / ANSWERS_PER_MESSAGE:.2f} ms",
-            met=sends_ms / ANSWERS_PER_MESSAGE <= SEND_CPU_TARGET_MS,
+            result=f"{median(per_send):.2f} ms (median of rounds; highest {max(per_send):.2f} ms)",
+            met=max(per_send) <= SEND_CPU_TARGET_MS,
             why=_send_why(split),
         )
     )
@@ -540,16 +540,26 @@ def _cpu_why(split: Dict[str, List[float]]) -> str:
     )
 
 
+def _per_send_rounds(split: Dict[str, List[float]]) -> List[float]:
+    """One estimate of a send's CPU per round: (ours - rest) - (stubbed ours - stubbed rest),
+    over the sends of a message. Rounds are interleaved, so each pairs like with like."""
+    return [
+        ((zapi - rest) - (stub_zapi - stub_rest)) / ANSWERS_PER_MESSAGE
+        for rest, zapi, stub_rest, stub_zapi in zip(
+            split["rest"], split["zapi"], split["stubbed rest"], split["stubbed zapi"]
+        )
+    ]
+
+
 def _send_why(split: Dict[str, List[float]]) -> str:
-    _, _, sends_ms = _split(split)
+    rounds = _per_send_rounds(split)
     return (
-        "Measured as the difference of two differences (the real `rasa run` against the one "
-        "whose sends are stubbed, each against its own rest channel), over bursts of 60 whose "
-        "CPU per message varies by about a millisecond between rounds: the figure is "
-        f"{sends_ms / ANSWERS_PER_MESSAGE:.2f} ms give or take half a millisecond. The same "
-        "send costs about 0.3 ms in a process of its own (section 4); inside `rasa run` it runs "
-        "beside the model on a loop that also serves the webhook and the worker, and Rasa's "
-        "large heap makes each of Python's collections longer."
+        "Each round's estimate is a difference of two differences (the real `rasa run` "
+        "against the one whose sends are stubbed, each against its own rest channel), over "
+        "bursts whose CPU per message moves by about a millisecond between rounds; the per-"
+        f"round estimates are {' / '.join(f'{v:.2f}' for v in rounds)} ms. The target counts "
+        "as met only if the highest of them is within it. The same send costs about 0.3-0.4 "
+        "ms in a process of its own (section 4), where the figure is steady."
     )
 
 

@@ -277,7 +277,6 @@ class ZApiClient:
         self._urls: Dict[str, httpx.URL] = {}
         if transport not in HTTP_TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(HTTP_TRANSPORTS)}")
-        self.transport = transport if http_client is None else "injected"
         self._http = http_client or httpx.AsyncClient(
             # Connecting should be quick; Z-API itself may take a while to answer a send.
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -40,6 +42,75 @@ def channel_credentials(
     path = folder / "credentials.yml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def new_phone() -> str:
+    """A customer number no other test uses."""
+    return "5511" + str(uuid.uuid4().int)[:9]
+
+
+@dataclass
+class Pair:
+    """An emulator and a ``rasa run`` of a module's own (see :func:`emulator_and_rasa`)."""
+
+    emulator_url: str
+    rasa_url: str
+    token: str
+    credentials: Path
+    rasa: Process
+
+
+@contextmanager
+def emulator_and_rasa(
+    name: str,
+    folder: Path,
+    model: Path,
+    *,
+    webhook: bool = True,
+    endpoints: str = "",
+    debug: bool = False,
+    **options: object,
+) -> Iterator[Pair]:
+    """Start the emulator and ``rasa run`` on the demo model, with ``options`` as channel keys.
+
+    ``webhook``: the emulator posts to this rasa run from the start (otherwise the test sets
+    the webhooks, as a bot builder does with the CLI). ``endpoints``: more of endpoints.yml; the
+    action server is never started (these modules' answers need no custom action).
+    """
+    emulator_port, rasa_port = free_port(), free_port()
+    emulator_url = f"http://127.0.0.1:{emulator_port}"
+    rasa_url = f"http://127.0.0.1:{rasa_port}"
+    token = uuid.uuid4().hex
+    credentials = channel_credentials(
+        folder, emulator_url=emulator_url, webhook_token=token, **options
+    )
+    endpoints_file = folder / "endpoints.yml"
+    endpoints_file.write_text(
+        f"action_endpoint:\n  url: http://127.0.0.1:{free_port()}/webhook\n{endpoints}"
+    )
+    emulator_args = [
+        sys.executable, "-m", "zapi_channel.emulator", "--port", str(emulator_port),
+        "--instance-id", EMULATOR_INSTANCE, "--instance-token", EMULATOR_TOKEN,
+        "--client-token", EMULATOR_CLIENT,
+    ]  # fmt: skip
+    if webhook:
+        emulator_args += ["--webhook-url", f"{rasa_url}/webhooks/zapi/webhook?token={token}"]
+    rasa_args = [
+        str(BIN / "rasa"), "run", "-m", str(model), "--credentials", str(credentials),
+        "--endpoints", str(endpoints_file), "-i", "127.0.0.1", "-p", str(rasa_port),
+    ]  # fmt: skip
+    if debug:
+        rasa_args.append("--debug")
+    processes: List[Process] = []
+    try:
+        processes.append(Process(f"{name}-emulator", emulator_args, folder))
+        processes.append(Process(f"{name}-rasa", rasa_args, folder))
+        processes[0].wait_http(f"{emulator_url}/_emulator/health", 30)
+        processes[1].wait_http(f"{rasa_url}/webhooks/zapi/", 240)
+        yield Pair(emulator_url, rasa_url, token, credentials, processes[1])
+    finally:
+        for process in reversed(processes):
+            process.stop()
 
 
 @pytest.fixture(scope="session")

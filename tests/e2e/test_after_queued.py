@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ from tests.e2e.conftest import (
     EMULATOR_CLIENT,
     EMULATOR_INSTANCE,
     EMULATOR_TOKEN,
-    channel_credentials,
+    emulator_and_rasa,
+    new_phone,
 )
-from tests.livesanic import free_port
 from tests.processes import BIN, ROOT, Process, child_env
 
 pytestmark = pytest.mark.e2e
@@ -131,57 +130,22 @@ class Bot:
         raise AssertionError(f"timed out; rasa run said:\n{self.rasa_process.log()[-3000:]}")
 
 
-def new_phone() -> str:
-    return "5511" + str(uuid.uuid4().int)[:9]
-
-
 @pytest.fixture(scope="module")
 def bot(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bot]:
     folder = tmp_path_factory.mktemp("after-queued")
-    emulator_port, rasa_port = free_port(), free_port()
-    emulator_url = f"http://127.0.0.1:{emulator_port}"
-    token = uuid.uuid4().hex
-    credentials = channel_credentials(
+    # The emulator starts with no webhook: the CLI's register-webhook sets them (below).
+    with emulator_and_rasa(
+        "queued",
         folder,
-        emulator_url=emulator_url,
-        webhook_token=token,
+        trained_model,
+        webhook=False,
         # Buttons as WhatsApp buttons, so that the button-terms refusal has something to refuse.
         buttons_as="buttons",
         queue_when_disconnected="false",
         handoff_minutes=0,
         metrics_token=METRICS_TOKEN,
-    )
-    # These tests' answers need no custom action: the action server is not started.
-    endpoints = folder / "endpoints.yml"
-    endpoints.write_text(f"action_endpoint:\n  url: http://127.0.0.1:{free_port()}/webhook\n")
-    processes: List[Process] = []
-    try:
-        emulator = Process(
-            "queued-emulator",
-            [
-                sys.executable, "-m", "zapi_channel.emulator", "--port", str(emulator_port),
-                "--instance-id", EMULATOR_INSTANCE, "--instance-token", EMULATOR_TOKEN,
-                "--client-token", EMULATOR_CLIENT,
-            ],
-            folder,
-        )  # fmt: skip
-        processes.append(emulator)
-        rasa = Process(
-            "queued-rasa",
-            [
-                str(BIN / "rasa"), "run", "-m", str(trained_model), "--credentials",
-                str(credentials), "--endpoints", str(endpoints), "-i", "127.0.0.1",
-                "-p", str(rasa_port),
-            ],
-            folder,
-        )  # fmt: skip
-        processes.append(rasa)
-        emulator.wait_http(f"{emulator_url}/_emulator/health", 30)
-        rasa.wait_http(f"http://127.0.0.1:{rasa_port}/webhooks/zapi/", 240)
-        yield Bot(emulator_url, f"http://127.0.0.1:{rasa_port}", token, credentials, rasa)
-    finally:
-        for process in reversed(processes):
-            process.stop()
+    ) as pair:
+        yield Bot(pair.emulator_url, pair.rasa_url, pair.token, pair.credentials, pair.rasa)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import time
 import uuid
 from contextlib import closing
@@ -25,10 +24,9 @@ from tests.e2e.conftest import (
     EMULATOR_CLIENT,
     EMULATOR_INSTANCE,
     EMULATOR_TOKEN,
-    channel_credentials,
+    emulator_and_rasa,
 )
-from tests.livesanic import free_port
-from tests.processes import BIN, ROOT, Process
+from tests.processes import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -105,48 +103,17 @@ class Bot:
 @pytest.fixture(scope="module")
 def bot(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bot]:
     folder = tmp_path_factory.mktemp("conversations")
-    emulator_port, actions_port, rasa_port = free_port(), free_port(), free_port()
-    token = uuid.uuid4().hex
-    emulator_url = f"http://127.0.0.1:{emulator_port}"
-    rasa_url = f"http://127.0.0.1:{rasa_port}"
-    credentials = channel_credentials(
-        folder, emulator_url=emulator_url, webhook_token=token, handoff_minutes=HANDOFF_MINUTES
-    )
     trackers = folder / "trackers.db"
-    endpoints = folder / "endpoints.yml"
-    endpoints.write_text(
-        f"action_endpoint:\n  url: http://127.0.0.1:{actions_port}/webhook\n"
-        f'tracker_store:\n  type: SQL\n  dialect: "sqlite"\n  db: "{trackers}"\n'
-    )
-    processes: List[Process] = []
-    try:
-        emulator = Process(
-            "conversations-emulator",
-            [
-                sys.executable, "-m", "zapi_channel.emulator", "--port", str(emulator_port),
-                "--instance-id", EMULATOR_INSTANCE, "--instance-token", EMULATOR_TOKEN,
-                "--client-token", EMULATOR_CLIENT,
-                "--webhook-url", f"{rasa_url}/webhooks/zapi/webhook?token={token}",
-            ],
-            folder,
-        )  # fmt: skip
-        processes.append(emulator)
-        emulator.wait_http(f"{emulator_url}/_emulator/health", 30)
-        rasa = Process(
-            "conversations-rasa",
-            [
-                str(BIN / "rasa"), "run", "-m", str(trained_model), "--credentials",
-                str(credentials), "--endpoints", str(endpoints), "-i", "127.0.0.1",
-                "-p", str(rasa_port), "--debug",
-            ],
-            folder,
-        )  # fmt: skip
-        processes.append(rasa)
-        rasa.wait_http(f"{rasa_url}/webhooks/zapi/", 240)
-        yield Bot(emulator_url, rasa_url, token, trackers)
-    finally:
-        for process in reversed(processes):
-            process.stop()
+    tracker_store = f'tracker_store:\n  type: SQL\n  dialect: "sqlite"\n  db: "{trackers}"\n'
+    with emulator_and_rasa(
+        "conversations",
+        folder,
+        trained_model,
+        endpoints=tracker_store,
+        debug=True,
+        handoff_minutes=HANDOFF_MINUTES,
+    ) as pair:
+        yield Bot(pair.emulator_url, pair.rasa_url, pair.token, trackers)
 
 
 def test_a_number_then_its_lid_is_one_conversation(bot: Bot) -> None:

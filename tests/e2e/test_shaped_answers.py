@@ -8,9 +8,7 @@ docs require (a body missing one is refused with a 400, and so never recorded).
 
 from __future__ import annotations
 
-import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -18,14 +16,8 @@ from typing import Any, Dict, Iterator, List
 import httpx
 import pytest
 
-from tests.e2e.conftest import (
-    EMULATOR_CLIENT,
-    EMULATOR_INSTANCE,
-    EMULATOR_TOKEN,
-    channel_credentials,
-)
-from tests.livesanic import free_port
-from tests.processes import BIN, Process
+from tests.e2e.conftest import emulator_and_rasa, new_phone
+from tests.processes import Process
 
 pytestmark = pytest.mark.e2e
 
@@ -66,56 +58,13 @@ class Bot:
         )
 
 
-def new_phone() -> str:
-    return "5511" + str(uuid.uuid4().int)[:9]
-
-
 @pytest.fixture(scope="module")
 def bot(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bot]:
     folder = tmp_path_factory.mktemp("shaped")
-    emulator_port, rasa_port = free_port(), free_port()
-    emulator_url = f"http://127.0.0.1:{emulator_port}"
-    rasa_url = f"http://127.0.0.1:{rasa_port}"
-    token = uuid.uuid4().hex
-    credentials = channel_credentials(
-        folder,
-        emulator_url=emulator_url,
-        webhook_token=token,
-        merge_window_ms=WINDOW_MS,
-        quote_replies="always",
-    )
-    # The answers here need no custom action (nobody says "hi"): no action server.
-    endpoints = folder / "endpoints.yml"
-    endpoints.write_text(f"action_endpoint:\n  url: http://127.0.0.1:{free_port()}/webhook\n")
-    processes: List[Process] = []
-    try:
-        emulator = Process(
-            "shaped-emulator",
-            [
-                sys.executable, "-m", "zapi_channel.emulator", "--port", str(emulator_port),
-                "--instance-id", EMULATOR_INSTANCE, "--instance-token", EMULATOR_TOKEN,
-                "--client-token", EMULATOR_CLIENT,
-                "--webhook-url", f"{rasa_url}/webhooks/zapi/webhook?token={token}",
-            ],
-            folder,
-        )  # fmt: skip
-        processes.append(emulator)
-        rasa = Process(
-            "shaped-rasa",
-            [
-                str(BIN / "rasa"), "run", "-m", str(trained_model), "--credentials",
-                str(credentials), "--endpoints", str(endpoints), "-i", "127.0.0.1",
-                "-p", str(rasa_port),
-            ],
-            folder,
-        )  # fmt: skip
-        processes.append(rasa)
-        emulator.wait_http(f"{emulator_url}/_emulator/health", 30)
-        rasa.wait_http(f"{rasa_url}/webhooks/zapi/", 240)
-        yield Bot(emulator_url, rasa)
-    finally:
-        for process in reversed(processes):
-            process.stop()
+    with emulator_and_rasa(
+        "shaped", folder, trained_model, merge_window_ms=WINDOW_MS, quote_replies="always"
+    ) as pair:
+        yield Bot(pair.emulator_url, pair.rasa)
 
 
 def test_text_and_image_arrive_as_one_captioned_picture_quoting_the_question(bot: Bot) -> None:
