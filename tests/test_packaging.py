@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_package_folder_is_listed_for_the_wheel() -> None:
-    listed = re.search(r"^packages = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = re.search(r"^packages = \[(.*?)\]$", text, re.M | re.S)
     assert listed is not None
     names = set(re.findall(r'"([^"]+)"', listed.group(1)))
     package = ROOT / "zapi_channel"
