@@ -200,7 +200,8 @@ async def test_chat_page_and_assets_are_served_with_their_content_types(stack: S
 
 @pytest.mark.parametrize(
     "path",
-    ["/_emulator/static/nope.js", "/_emulator/static/..%2Femulator.py", "/_emulator/static/"],
+    # ../channel.py exists beside static/: a path that climbs out must still not reach it.
+    ["/_emulator/static/nope.js", "/_emulator/static/..%2Fchannel.py", "/_emulator/static/"],
 )
 async def test_only_the_chat_page_files_are_served(stack: Stack, path: str) -> None:
     async with httpx.AsyncClient(base_url=stack.url) as http:
