@@ -34,7 +34,7 @@ OVERHEAD_TARGET = 0.05
 #: One send's CPU inside rasa run, at most.
 SEND_CPU_TARGET_MS = 0.3
 #: The channel's default transport, read from its configuration.
-DEFAULT_TRANSPORT = ChannelConfig.__dataclass_fields__["http_transport"].default
+DEFAULT_TRANSPORT = ChannelConfig.http_transport
 OVERLOAD_ACK_TARGET_MS = 250.0
 
 

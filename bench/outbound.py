@@ -28,7 +28,7 @@ from zapi_channel.config import ChannelConfig, ZApiCredentials
 CONCURRENCY = 16
 TARGET_RATIO = 2.0
 #: The channel's default transport, read from its configuration (not repeated here).
-DEFAULT_TRANSPORT = ChannelConfig.__dataclass_fields__["http_transport"].default
+DEFAULT_TRANSPORT = ChannelConfig.http_transport
 #: One send's client CPU, at most (issue: "one send inside rasa run at most 0.3 ms").
 SEND_CPU_TARGET_US = 300
 TEXT = "Hi! This is the bot's answer."

@@ -33,7 +33,7 @@ CONNECTIONS = 8
 #: One turn of the stub bot: slower than an ack, so that the burst piles up.
 BOT_DELAY_MS = 20
 #: Turns at a time: the channel's default.
-MAX_CONCURRENCY = ChannelConfig.__dataclass_fields__["max_concurrency"].default
+MAX_CONCURRENCY = ChannelConfig.max_concurrency
 #: The ack target of the issue, at any size.
 ACK_P99_TARGET_MS = 10.0
 #: The second burst of the largest size may leave memory this much above the first one's.

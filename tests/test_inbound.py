@@ -491,6 +491,8 @@ def test_a_burst_is_one_message_with_every_id(callback: Load, config: ChannelCon
     assert merged.text == "oi\ntudo bem?\nqueria fazer um pedido"
     assert merged.message_id == "3EB00" and merged.dedup_key == parts[0].dedup_key
     assert merged.metadata["message_ids"] == ["3EB00", "3EB01", "3EB02"]
+    # The one to quote and to mark read is the last the customer wrote.
+    assert merged.latest_message_id == "3EB02" and parts[1].latest_message_id == "3EB01"
     assert merge_burst(parts[:1]) is parts[0]
     with pytest.raises(ValueError):
         merge_burst([])

@@ -366,10 +366,7 @@ class ZApiInput(InputChannel):
         if mode == "groups" and not message.metadata.get("is_group"):
             return None
         # A merged burst quotes its last message: the one the customer just wrote.
-        ids = message.metadata.get("message_ids")
-        if isinstance(ids, list) and ids:
-            return str(ids[-1])
-        return message.message_id
+        return message.latest_message_id
 
     async def close(self, grace_seconds: Optional[float] = None) -> None:
         """Finish queued turns within the grace period, keep the rest, close the HTTP client."""
@@ -503,11 +500,9 @@ class ZApiInput(InputChannel):
         if number is None:
             logger.debug("Not marking %s as read: no number known for it", message.message_id)
             return
-        # A merged burst: reading its last message reads the chat up to it.
-        ids = message.metadata.get("message_ids")
-        latest = str(ids[-1]) if isinstance(ids, list) and ids else message.message_id
         try:
-            await self.client.read_message(number, latest)
+            # A merged burst: reading its last message reads the chat up to it.
+            await self.client.read_message(number, message.latest_message_id)
         except ZApiError as exc:
             logger.warning("Could not mark message %s as read: %s", message.message_id, exc)
 

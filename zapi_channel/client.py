@@ -75,6 +75,16 @@ WEBHOOK_KINDS = (
     "chat-presence",
 )
 
+#: The ``GET me`` field that shows where each kind of callback points (Z-API's "me" page).
+CALLBACK_URL_FIELDS: Mapping[str, str] = {
+    "received": "receivedCallbackUrl",
+    "delivery": "deliveryCallbackUrl",
+    "message-status": "messageStatusCallbackUrl",
+    "connected": "connectedCallbackUrl",
+    "disconnected": "disconnectedCallbackUrl",
+    "chat-presence": "presenceChatCallbackUrl",
+}
+
 
 @dataclass(frozen=True)
 class InstanceStatus:
@@ -653,6 +663,7 @@ def _json_bytes(body: Mapping[str, Any]) -> bytes:
 
 
 __all__: List[str] = [
+    "CALLBACK_URL_FIELDS",
     "HTTP_TRANSPORTS",
     "QUEUE_LIMIT",
     "WEBHOOK_KINDS",

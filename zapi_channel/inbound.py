@@ -85,6 +85,13 @@ class InboundMessage:
         return f"{self.instance_id}:{self.message_id}"
 
     @property
+    def latest_message_id(self) -> str:
+        """The newest message this one stands for: its own id, or a merged burst's last
+        (:func:`merge_burst`), which is the one to quote or to mark as read."""
+        ids = self.metadata.get("message_ids")
+        return str(ids[-1]) if isinstance(ids, list) and ids else self.message_id
+
+    @property
     def conversation(self) -> str:
         """The Rasa ``sender_id`` of this message: the linked conversation, else ``phone``."""
         return self.sender_id or self.phone

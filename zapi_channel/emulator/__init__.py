@@ -36,6 +36,7 @@ callbacks, pure), ``server`` (the emulator's state, its REST API, the webhooks i
 sanic app with the chat page from ``zapi_channel/static``) and ``cli`` (the command line).
 """
 
+from zapi_channel.client import CALLBACK_URL_FIELDS
 from zapi_channel.emulator.cli import build_parser, emulator_from_args, main, run
 from zapi_channel.emulator.customer import (
     CONTENT_KEYS,
@@ -53,7 +54,6 @@ from zapi_channel.emulator.rules import (
 from zapi_channel.emulator.server import STATIC_DIR, STATIC_FILES, Emulator
 from zapi_channel.emulator.values import (
     BUTTON_TERMS_ERROR,
-    CALLBACK_URL_FIELDS,
     DEFAULT_CLIENT_TOKEN,
     DEFAULT_HOST,
     DEFAULT_INSTANCE_ID,

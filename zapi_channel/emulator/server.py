@@ -33,7 +33,7 @@ from sanic import Sanic, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from zapi_channel.client import QUEUE_LIMIT, QUEUE_PAGE_SIZE, WEBHOOK_KINDS
+from zapi_channel.client import CALLBACK_URL_FIELDS, QUEUE_LIMIT, QUEUE_PAGE_SIZE, WEBHOOK_KINDS
 from zapi_channel.emulator.customer import (
     _echo_content,
     parse_customer_message,
@@ -46,7 +46,6 @@ from zapi_channel.emulator.values import (
     _INTERACTIVE,
     _NOT_CONNECTED,
     BUTTON_TERMS_ERROR,
-    CALLBACK_URL_FIELDS,
     QUEUE_DEFAULT_PAGE_SIZE,
     WEBHOOK_TIMEOUT,
     EmulatedInstance,

@@ -30,15 +30,6 @@ DEFAULT_PORT = 8300
 #: How long a webhook may take to answer one callback, in seconds.
 WEBHOOK_TIMEOUT = 10.0
 
-#: The ``GET me`` field that shows each webhook kind's URL.
-CALLBACK_URL_FIELDS: Mapping[str, str] = {
-    "received": "receivedCallbackUrl",
-    "delivery": "deliveryCallbackUrl",
-    "message-status": "messageStatusCallbackUrl",
-    "connected": "connectedCallbackUrl",
-    "disconnected": "disconnectedCallbackUrl",
-    "chat-presence": "presenceChatCallbackUrl",
-}
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _DAY_MS = 24 * 60 * 60 * 1000

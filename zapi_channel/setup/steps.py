@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from zapi_channel.client import InstanceStatus, ZApiClient
+from zapi_channel.client import CALLBACK_URL_FIELDS, InstanceStatus, ZApiClient
 from zapi_channel.config import CREDENTIAL_KEYS, DEFAULT_BASE_URL, ZApiCredentials, clean
 from zapi_channel.errors import ConfigError, ZApiResponseError
 from zapi_channel.setup.credstore import CredentialsFile
@@ -157,14 +157,7 @@ async def disconnect(store: CredentialsFile, make_client: ClientFactory) -> bool
 
 #: The callbacks the bot needs, and the ``GET me`` field that shows where each one points.
 #: Chat presence (typing...) is only asked for: it is chatty and the bot does nothing with it.
-CALLBACK_FIELDS: Mapping[str, str] = {
-    "received": "receivedCallbackUrl",
-    "delivery": "deliveryCallbackUrl",
-    "message-status": "messageStatusCallbackUrl",
-    "connected": "connectedCallbackUrl",
-    "disconnected": "disconnectedCallbackUrl",
-    "chat-presence": "presenceChatCallbackUrl",
-}
+CALLBACK_FIELDS: Mapping[str, str] = CALLBACK_URL_FIELDS
 OURS, EMPTY, ELSEWHERE = "ours", "empty", "elsewhere"
 
 
