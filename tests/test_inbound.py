@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -53,6 +54,22 @@ def test_text_becomes_a_message_with_the_envelope_in_metadata(
     assert meta["momment"] == payload["momment"]
     assert meta["is_group"] is False
     assert meta["participant_phone"] is None
+
+
+def test_evolve_is_replace_for_the_fields_and_refuses_other_names(
+    callback: Load, config: ChannelConfig
+) -> None:
+    original = message(callback("received_text"), config)
+    changed = original.evolve(sender_id="conversation-1", lid="123@lid", raw={})
+    assert changed == dataclasses.replace(
+        original, sender_id="conversation-1", lid="123@lid", raw={}
+    )
+    assert changed.raw == {} and changed.sender_id == "conversation-1"
+    assert original.sender_id == "" and original.raw  # the original is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.text = "still frozen"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="sender"):
+        original.evolve(sender="conversation-1")
 
 
 def test_lid_only_sender_is_answered_at_exactly_the_lid(

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import partial
 from typing import (
@@ -230,7 +230,7 @@ class Turns:
     def submit(self, message: InboundMessage) -> None:
         if message.raw:
             # Not needed by the turn (see identified()): groups are not identified.
-            message = replace(message, raw={})
+            message = message.evolve(raw={})
         if self._window:
             now = self._clock()
             self._arrived[message.dedup_key] = now
@@ -293,7 +293,7 @@ def identified(message: InboundMessage, sender_id: str, linked: Sequence[str]) -
     metadata = {**message.metadata, "lid": lid, "phone_number": number, "sender_id": sender_id}
     # The raw callback is not needed past the webhook: a queued message holds only what its
     # turn reads (thousands may wait, and each raw body is a few dozen objects more to keep).
-    return replace(message, sender_id=sender_id, lid=lid, number=number, metadata=metadata, raw={})
+    return message.evolve(sender_id=sender_id, lid=lid, number=number, metadata=metadata, raw={})
 
 
 def message_record(message: InboundMessage) -> Dict[str, Any]:
