@@ -27,6 +27,7 @@ from zapi_channel.delivery.base import (
     message_from_record,
     message_record,
 )
+from zapi_channel.delivery.batching import AutoPipeline
 from zapi_channel.delivery.streams import StreamInbox
 from zapi_channel.errors import StateUnavailable
 from zapi_channel.inbound import InboundMessage
@@ -193,12 +194,16 @@ class RedisDelivery(RedisJournal):
     ) -> None:
         super().__init__(client, prefix=prefix)
         self.dedup_ttl_seconds = int(dedup_ttl_seconds)
+        # Every command of a webhook or a turn: what coroutines issue together goes as one
+        # pipeline (a tenth of the CPU of separate round trips; see the module).
+        self.commands = AutoPipeline(client)
         self.stream = StreamInbox(
             client,
             prefix=prefix,
             partitions=partitions,
             lease_seconds=lease_seconds,
             block_seconds=block_seconds,
+            commands=self.commands,
         )
         self._turns = Turns(max_concurrency, self._finish, merge_window=merge_window)
         # Where each running message sits in the streams, to acknowledge it once answered.
@@ -233,7 +238,7 @@ class RedisDelivery(RedisJournal):
 
     async def _identify(self, message: InboundMessage) -> InboundMessage:
         forms = message.forms
-        answer = await self.redis.eval(
+        answer = await self.commands.eval(
             _IDENTIFY,
             len(forms),
             *(f"{self.prefix}:who:{form}" for form in forms),
@@ -247,10 +252,10 @@ class RedisDelivery(RedisJournal):
     async def remember_outgoing(self, message_id: str, record: Mapping[str, Any]) -> None:
         value = json.dumps(dict(record), ensure_ascii=False)
         key = self._key("outgoing", message_id)
-        await self.redis.set(key, value, ex=int(OUTGOING_TTL_SECONDS))
+        await self.commands.set(key, value, ex=int(OUTGOING_TTL_SECONDS))
 
     async def outgoing(self, message_id: str) -> Optional[Dict[str, Any]]:
-        value = await self.redis.get(self._key("outgoing", message_id))
+        value = await self.commands.get(self._key("outgoing", message_id))
         try:
             return dict(json.loads(value)) if value else None
         except (ValueError, TypeError):
@@ -259,17 +264,17 @@ class RedisDelivery(RedisJournal):
     async def pause(self, conversation: str, until: float) -> None:
         # Expires a day after the takeover ends: a later hand-back still finds it.
         ttl = max(60, int(until - time.time()) + 24 * 3600)
-        await self.redis.set(self._key("handoff", conversation), repr(until), ex=ttl)
+        await self.commands.set(self._key("handoff", conversation), repr(until), ex=ttl)
 
     async def handoff(self, conversation: str) -> Optional[float]:
-        value = await self.redis.get(self._key("handoff", conversation))
+        value = await self.commands.get(self._key("handoff", conversation))
         try:
             return float(value) if value is not None else None
         except ValueError:
             return None
 
     async def end_handoff(self, conversation: str) -> None:
-        await self.redis.delete(self._key("handoff", conversation))
+        await self.commands.delete(self._key("handoff", conversation))
 
     async def start(self, handler: TurnHandler) -> None:
         self._turns.handler = handler
@@ -296,6 +301,10 @@ class RedisDelivery(RedisJournal):
             # Unacknowledged: the partition's next owner runs it again, skipping what was sent.
             logger.exception("Could not acknowledge message %s in Redis", message.message_id)
 
+    async def aclose(self) -> None:
+        await self.commands.aclose()  # what is on the wire is answered before the client goes
+        await super().aclose()
+
     async def stop(self, grace_seconds: float) -> List[InboundMessage]:
         await self.stream.stop_reading()
         unfinished = await self._turns.stop(grace_seconds)
@@ -307,10 +316,10 @@ class RedisDelivery(RedisJournal):
 
     async def remember_choices(self, phone: str, choices: List[Choice]) -> None:
         value = json.dumps([[choice.title, choice.payload] for choice in choices])
-        await self.redis.set(self._key("choices", phone), value, ex=int(CHOICES_TTL_SECONDS))
+        await self.commands.set(self._key("choices", phone), value, ex=int(CHOICES_TTL_SECONDS))
 
     async def take_choices(self, phone: str) -> Optional[List[Choice]]:
-        value = await self.redis.eval(_TAKE, 1, self._key("choices", phone))
+        value = await self.commands.eval(_TAKE, 1, self._key("choices", phone))
         if not value:
             return None
         try:
@@ -319,11 +328,11 @@ class RedisDelivery(RedisJournal):
             return None
 
     async def already_sent(self, message_key: str, answer: int) -> bool:
-        return bool(await self.redis.exists(self._key("sent", f"{message_key}:{answer}")))
+        return bool(await self.commands.exists(self._key("sent", f"{message_key}:{answer}")))
 
     async def mark_sent(self, message_key: str, answer: int) -> None:
         key = self._key("sent", f"{message_key}:{answer}")
-        await self.redis.set(key, "1", ex=SENT_TTL_SECONDS)
+        await self.commands.set(key, "1", ex=SENT_TTL_SECONDS)
 
 
 __all__ = ["SENT_TTL_SECONDS", "RedisDelivery", "RedisJournal", "connect"]

@@ -71,10 +71,15 @@ class StreamInbox:
         lease_seconds: float = 15.0,
         block_seconds: float = 1.0,
         instance_id: Optional[str] = None,
+        commands: Any = None,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
         self.redis = redis
+        # What appends and acknowledges go through: the client, or the delivery's AutoPipeline
+        # (zapi_channel.delivery.batching), which sends a burst's commands in one round trip.
+        # Reading blocks, so it always has a connection of its own from the client's pool.
+        self.commands = commands if commands is not None else redis
         self.prefix = prefix
         self.partitions = partitions
         self.lease_ms = int(lease_seconds * 1000)
@@ -123,7 +128,7 @@ class StreamInbox:
 
         False when the key was already there (a duplicate): nothing is appended.
         """
-        added = await self.redis.eval(
+        added = await self.commands.eval(
             _APPEND_ONCE,
             2,
             dedup_key,
@@ -142,11 +147,10 @@ class StreamInbox:
     async def ack(self, partition: int, entry_id: str) -> None:
         key = self.stream_key(partition)
         try:
-            # One round trip for both.
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xack(key, GROUP, entry_id)
-            pipe.xdel(key, entry_id)
-            await pipe.execute()
+            # Issued together: one round trip for both.
+            await asyncio.gather(
+                self.commands.xack(key, GROUP, entry_id), self.commands.xdel(key, entry_id)
+            )
         finally:
             self._in_flight[partition] = max(0, self._in_flight.get(partition, 0) - 1)
 

@@ -1,0 +1,93 @@
+"""The AutoPipeline against a real Redis: one round trip per burst, and each answer its own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import AsyncIterator
+
+import pytest
+import redis.asyncio as redis_asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from tests.livesanic import free_port
+from zapi_channel.delivery.batching import AutoPipeline
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
+    made = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-batching-{uuid.uuid4().hex[:8]}"
+
+
+async def test_commands_issued_together_go_in_one_pipeline_with_their_own_answers(
+    client: redis_asyncio.Redis, prefix: str
+) -> None:
+    batched = AutoPipeline(client)
+    await client.set(f"{prefix}:a", "1", ex=60)
+    answers = await asyncio.gather(
+        *(batched.get(f"{prefix}:a" if n % 2 else f"{prefix}:missing") for n in range(20)),
+        batched.set(f"{prefix}:b", "2", ex=60),
+        batched.exists(f"{prefix}:a"),
+    )
+    assert answers[:20] == [None if n % 2 == 0 else "1" for n in range(20)]
+    assert answers[20] is True and answers[21] == 1
+    assert batched.pipelines == 1
+    assert await client.get(f"{prefix}:b") == "2"
+
+
+async def test_a_failing_command_fails_alone(client: redis_asyncio.Redis, prefix: str) -> None:
+    batched = AutoPipeline(client)
+    results = await asyncio.gather(
+        batched.set(f"{prefix}:before", "x", ex=60),
+        batched.eval("return redis.error_reply('broken on purpose')", 0),
+        batched.set(f"{prefix}:after", "y", ex=60),
+        return_exceptions=True,
+    )
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], ResponseError) and "broken on purpose" in str(results[1])
+    assert batched.pipelines == 1
+
+
+async def test_a_coroutines_commands_run_in_the_order_it_awaited_them(
+    client: redis_asyncio.Redis, prefix: str
+) -> None:
+    batched = AutoPipeline(client)
+    key = f"{prefix}:order"
+
+    async def writer(value: str) -> None:
+        await batched.set(key, value, ex=60)
+        assert await batched.get(key) in ("first", "second")
+
+    await batched.set(key, "zero", ex=60)
+    await writer("first")
+    await writer("second")
+    assert await client.get(key) == "second"
+    assert batched.pipelines == 5  # each await its own round trip: nothing else was waiting
+
+
+async def test_redis_down_fails_every_command_of_the_burst() -> None:
+    down = redis_asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    batched = AutoPipeline(down)
+    try:
+        results = await asyncio.gather(
+            batched.get("a"), batched.set("b", "1"), return_exceptions=True
+        )
+    finally:
+        await down.close()
+    assert all(isinstance(result, (RedisConnectionError, OSError)) for result in results)
+    assert batched.pipelines == 0
+
+
+async def test_blocking_commands_are_not_taken(client: redis_asyncio.Redis) -> None:
+    batched = AutoPipeline(client)
+    with pytest.raises(AttributeError, match="xreadgroup"):
+        batched.xreadgroup  # noqa: B018 - the attribute lookup is what refuses
+    await batched.aclose()
