@@ -408,6 +408,8 @@ async def test_unanswered_messages_survive_a_stop_and_are_answered_on_the_next_s
     await asyncio.sleep(0.05)  # the server-start listener queues the kept messages
     await second.settle()
     assert [m.text for m in second.agent.messages] == ["m0", "m1", "m2", "m3"]
+    # "Answered" is committed after the turn, not awaited by it: a call queued now commits after.
+    await second.channel.delivery._thread.call(lambda db: None)
     assert inbox_rows(tmp_path / "state.db") == 0
     # Z-API redelivering one of them now is recognised as a duplicate; the refused one is new.
     again = await second.post(with_id(base, "K1", "m1"))

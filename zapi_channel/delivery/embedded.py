@@ -367,9 +367,9 @@ def _kept(connection: sqlite3.Connection) -> List[Tuple[int, str]]:
     )
 
 
-def _done(connection: sqlite3.Connection, seq: int) -> None:
-    # The row stays, without the message, as the deduplication key.
-    connection.execute("UPDATE messages SET message = NULL WHERE seq = ?", (seq,))
+def _done(connection: sqlite3.Connection, seqs: Tuple[int, ...]) -> None:
+    # The rows stay, without the message, as the deduplication keys.
+    connection.executemany("UPDATE messages SET message = NULL WHERE seq = ?", [(s,) for s in seqs])
 
 
 def _is_sent(connection: sqlite3.Connection, key: str, answer: int) -> bool:
@@ -522,6 +522,8 @@ class EmbeddedDelivery(EmbeddedJournal):
         self._resumed: Set[str] = set()
         # Where each message not answered yet sits in the inbox (its row id).
         self._seqs: Dict[str, int] = {}
+        # Rows of messages answered in this loop iteration, marked in one statement at its end.
+        self._answered: List[int] = []
         self._purged_at = time.monotonic()
         self._with_choices: Set[str] = set(self._thread.run(_phones_with_choices))
         self._held_by_humans: Set[str] = set(self._thread.run(_handoff_conversations))
@@ -565,7 +567,7 @@ class EmbeddedDelivery(EmbeddedJournal):
             message = decode_message(text)
             if message is None:
                 logger.warning("Skipped a damaged entry of the inbox in %s", self.where)
-                self._thread.submit(partial(_done, seq=seq), what="drop a damaged inbox entry")
+                self._thread.submit(partial(_done, seqs=(seq,)), what="drop a damaged inbox entry")
                 continue
             self._resumed.add(message.dedup_key)
             self._seqs[message.dedup_key] = seq
@@ -589,8 +591,21 @@ class EmbeddedDelivery(EmbeddedJournal):
         key = message.dedup_key
         seq = self._seqs.pop(key, None)
         if seq is not None:
-            self._thread.submit(partial(_done, seq=seq), what=f"mark message {key} as answered")
+            if not self._answered:
+                # The turns that end in this loop iteration share one statement.
+                asyncio.get_running_loop().call_soon(self._mark_answered)
+            self._answered.append(seq)
         self._resumed.discard(key)
+
+    def _mark_answered(self) -> None:
+        if not self._answered:
+            return  # aclose() marked them already
+        seqs, self._answered = tuple(self._answered), []
+        self._thread.submit(partial(_done, seqs=seqs), what=f"mark {len(seqs)} message(s) answered")
+
+    async def aclose(self) -> None:
+        self._mark_answered()  # the turns that just ended: before the file closes
+        await super().aclose()
 
     async def stop(self, grace_seconds: float) -> List[InboundMessage]:
         self._stopping = True
