@@ -39,6 +39,7 @@ from zapi_channel.emulator import (
     STATIC_FILES,
     EmulatedInstance,
     Emulator,
+    build_app,
 )
 
 CUSTOMER = "5511999990001"
@@ -176,7 +177,7 @@ async def stack() -> AsyncIterator[Stack]:
         )
         emulator = Emulator([instance], allow_http_webhooks=True)
         # Entered after the bot: the emulator stops first, so no callback is left in flight.
-        app = emulator.build_app(f"zapi-emulator-{uuid.uuid4().hex[:12]}")
+        app = build_app(emulator, f"zapi-emulator-{uuid.uuid4().hex[:12]}")
         url = await stack.enter_async_context(serving(app))
         bot.use_emulator(url)
         stack.push_async_callback(bot.zapi.aclose)

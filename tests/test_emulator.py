@@ -31,6 +31,7 @@ from zapi_channel.emulator import (
     Emulator,
     Faults,
     Reply,
+    build_app,
     build_parser,
     check_webhook_url,
     emulator_from_args,
@@ -144,7 +145,7 @@ def emulator(instance: EmulatedInstance) -> Emulator:
 
 @pytest.fixture
 async def base_url(emulator: Emulator) -> AsyncIterator[str]:
-    served = await serve(emulator.build_app(_unique("zapi-emulator")))
+    served = await serve(build_app(emulator, _unique("zapi-emulator")))
     yield served.url
     await shutdown(served)
 

@@ -27,16 +27,18 @@ line turns this on by default, since it is a local development tool; ``--no-allo
 makes it as strict as Z-API.
 
 The emulator's own JSON API lives under ``/_emulator`` (customer messages, conversations, faults,
-connection switch, health); see :meth:`Emulator.build_app`. Its chat page, at ``/``, is that API
+connection switch, health); see :func:`build_app`. Its chat page, at ``/``, is that API
 in a browser: type as the customer, see the bot's answers as WhatsApp shows them.
 
 The package, one module per part: ``values`` (defaults, replies, instances, faults), ``rules``
 (which send bodies Z-API accepts, pure), ``customer`` (the pretend customer's messages as Z-API's
-callbacks, pure), ``server`` (the emulator's state, its REST API, the webhooks it posts, and the
-sanic app with the chat page from ``zapi_channel/static``) and ``cli`` (the command line).
+callbacks, pure), ``server`` (the emulator's state, its REST API and the webhooks it posts),
+``app`` (the sanic app that serves it, HTTP only), ``page`` (the chat page's files from
+``zapi_channel/static``) and ``cli`` (the command line).
 """
 
 from zapi_channel.client import CALLBACK_URL_FIELDS
+from zapi_channel.emulator.app import build_app
 from zapi_channel.emulator.cli import build_parser, emulator_from_args, main, run
 from zapi_channel.emulator.customer import (
     CONTENT_KEYS,
@@ -45,13 +47,14 @@ from zapi_channel.emulator.customer import (
     received_callback,
     received_envelope,
 )
+from zapi_channel.emulator.page import STATIC_DIR, STATIC_FILES
 from zapi_channel.emulator.rules import (
     ENDPOINT_METHODS,
     SEND_CHECKS,
     base_endpoint,
     validate_send,
 )
-from zapi_channel.emulator.server import STATIC_DIR, STATIC_FILES, Emulator
+from zapi_channel.emulator.server import Emulator
 from zapi_channel.emulator.values import (
     BUTTON_TERMS_ERROR,
     DEFAULT_CLIENT_TOKEN,
@@ -91,6 +94,7 @@ __all__ = [
     "Reply",
     "WebhookResult",
     "base_endpoint",
+    "build_app",
     "build_parser",
     "check_webhook_url",
     "emulator_from_args",

@@ -15,6 +15,7 @@ from typing import (
 
 from sanic import Sanic
 
+from zapi_channel.emulator.app import build_app
 from zapi_channel.emulator.rules import _CUSTOMER_PHONE
 from zapi_channel.emulator.server import Emulator
 from zapi_channel.emulator.values import (
@@ -127,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: Optional[str] = None) ->
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     instance_id = args.instance_id.strip()
-    app = emulator.build_app()
+    app = build_app(emulator)
 
     async def announce(app: Sanic, loop: asyncio.AbstractEventLoop) -> None:
         # Scripts wait for this line (and read the port from it when started with --port 0).

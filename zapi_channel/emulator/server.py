@@ -1,5 +1,6 @@
-"""The emulator itself: its instances' state, Z-API's REST API, the webhooks it posts, and the
-sanic app that serves them with the chat page."""
+"""The emulator itself: its instances' state, Z-API's REST API and the webhooks it posts.
+
+What it serves over HTTP, and the chat page, are :mod:`~zapi_channel.emulator.app`'s."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import logging
 import time
 from datetime import datetime, timezone
 from http import HTTPStatus
-from pathlib import Path
 from typing import (
     Any,
     Awaitable,
     Callable,
-    Coroutine,
     Dict,
     Iterable,
     List,
@@ -29,9 +28,6 @@ from typing import (
 )
 
 import httpx
-from sanic import Sanic, response
-from sanic.request import Request
-from sanic.response import HTTPResponse
 
 from zapi_channel.client import CALLBACK_URL_FIELDS, QUEUE_LIMIT, QUEUE_PAGE_SIZE, WEBHOOK_KINDS
 from zapi_channel.emulator.customer import (
@@ -58,28 +54,9 @@ from zapi_channel.emulator.values import (
     new_message_id,
     new_zaap_id,
 )
-from zapi_channel.redaction import TokenPathFilter
 
 # Named explicitly: one logger for the whole emulator.
 logger = logging.getLogger("zapi_channel.emulator")
-
-#: The chat page's files: ``zapi_channel/static``, beside this package.
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-#: Everything served from :data:`STATIC_DIR` (``/`` is ``chat.html``), with its content type.
-#: Only these names are served, so no request can reach another file.
-STATIC_FILES: Mapping[str, str] = {
-    "chat.html": "text/html; charset=utf-8",
-    "chat.css": "text/css; charset=utf-8",
-    "chat.js": "text/javascript; charset=utf-8",
-    "icon.svg": "image/svg+xml",
-}
-# The page draws what the bot sends, which is untrusted: it escapes it, and this policy stops any
-# script or style that would slip through anyway. Media may come from anywhere, as on WhatsApp.
-_CHAT_PAGE_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data: blob: http: https:; media-src 'self' data: blob: http: https:; "
-    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
 
 
 def _queue_entry(instance: EmulatedInstance, record: Mapping[str, Any]) -> Dict[str, Any]:
@@ -139,12 +116,13 @@ class Emulator:
     """The state of the emulated Z-API and everything that changes it.
 
     The methods that decide (:meth:`handle_zapi`, :meth:`customer_message`, :meth:`set_faults`...)
-    return a :class:`Reply` and know nothing of sanic; :meth:`build_app` only translates HTTP.
+    return a :class:`Reply` and know nothing of sanic; :func:`~zapi_channel.emulator.app.build_app`
+    only translates HTTP.
 
     Example::
 
         emulator = Emulator([EmulatedInstance("ID", "TOKEN", "CLIENT")], allow_http_webhooks=True)
-        app = emulator.build_app("zapi-emulator-1")
+        app = build_app(emulator, "zapi-emulator-1")
     """
 
     def __init__(
@@ -738,151 +716,3 @@ class Emulator:
         if self._http_client is not None and self._owns_client:
             await self._http_client.aclose()
             self._http_client = None
-
-    # -- HTTP ---------------------------------------------------------------------------------
-
-    def build_app(self, name: str = "zapi-emulator") -> Sanic:
-        """A sanic app serving Z-API's routes and the emulator's own JSON API.
-
-        ``/instances/<id>/token/<token>/<endpoint>``: Z-API. Under ``/_emulator``:
-        ``POST|GET|DELETE messages``, ``GET conversations``, ``GET|POST|DELETE faults``,
-        ``POST connection``, ``GET health``, and ``GET static/<file>`` for the chat page served
-        at ``GET /``. Sanic keeps a registry of app names: give each app in one process its own
-        ``name``.
-        """
-        _install_log_redaction()
-        app = Sanic(name, configure_logging=False)
-        app.config.MOTD = False
-        app.config.ACCESS_LOG = False
-        app.config.FALLBACK_ERROR_FORMAT = "json"
-        # Ctrl-C should not wait 15 s for idle keep-alive connections.
-        app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 2.0
-
-        async def zapi(
-            request: Request, instance_id: str, token: str, endpoint: str
-        ) -> HTTPResponse:
-            reply = await self.handle_zapi(
-                request.method,
-                instance_id,
-                token,
-                endpoint,
-                client_token=request.headers.get("client-token"),
-                content_type=request.headers.get("content-type"),
-                body=request.body,
-            )
-            return _to_http(reply)
-
-        async def post_message(request: Request) -> HTTPResponse:
-            return _to_http(await self.customer_message(_decode_object(request.body)))
-
-        async def get_messages(request: Request) -> HTTPResponse:
-            phone = request.args.get("phone")
-            if not phone:
-                return _to_http(_error(400, "phone is required (?phone=5511999999999)"))
-            instance_id = request.args.get("instance_id")
-            if self.resolve_instance(instance_id) is None:
-                return _to_http(_error(404, "Unknown instance"))
-            return response.json({"messages": self.conversation(phone, instance_id)})
-
-        async def delete_messages(request: Request) -> HTTPResponse:
-            self.clear_conversations()
-            return response.json({"value": True})
-
-        async def conversations(request: Request) -> HTTPResponse:
-            return response.json({"conversations": self.conversation_summaries()})
-
-        async def get_faults(request: Request) -> HTTPResponse:
-            return response.json(self.faults.to_dict())
-
-        async def post_faults(request: Request) -> HTTPResponse:
-            changes = _decode_object(request.body)
-            if changes is None:
-                return _to_http(_error(400, "the body must be a JSON object"))
-            try:
-                return response.json(self.set_faults(changes).to_dict())
-            except ValueError as exc:
-                return _to_http(_error(400, str(exc)))
-
-        async def delete_faults(request: Request) -> HTTPResponse:
-            return response.json(self.reset_faults().to_dict())
-
-        async def connection(request: Request) -> HTTPResponse:
-            return _to_http(await self.set_connection(_decode_object(request.body)))
-
-        async def health(request: Request) -> HTTPResponse:
-            return response.json(self.health())
-
-        async def chat_page(request: Request) -> HTTPResponse:
-            return await _static_file("chat.html")
-
-        async def static_file(request: Request, name: str) -> HTTPResponse:
-            return await _static_file(name)
-
-        async def stopped(app: Sanic, loop: asyncio.AbstractEventLoop) -> None:
-            await self.aclose()
-
-        # Registered by call rather than decorator: sanic's decorators are untyped.
-        app.add_route(
-            zapi,
-            "/instances/<instance_id>/token/<token>/<endpoint:path>",
-            methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-            name="zapi",
-        )
-        routes: Sequence[Tuple[Callable[..., Coroutine[Any, Any, HTTPResponse]], str, str]] = (
-            (post_message, "messages", "POST"),
-            (get_messages, "messages", "GET"),
-            (delete_messages, "messages", "DELETE"),
-            (conversations, "conversations", "GET"),
-            (get_faults, "faults", "GET"),
-            (post_faults, "faults", "POST"),
-            (delete_faults, "faults", "DELETE"),
-            (connection, "connection", "POST"),
-            (health, "health", "GET"),
-        )
-        for handler, path, method in routes:
-            app.add_route(
-                handler,
-                f"/_emulator/{path}",
-                methods=[method],
-                name=f"emulator_{method.lower()}_{path}",
-            )
-        app.add_route(chat_page, "/", methods=["GET"], name="emulator_chat_page")
-        app.add_route(
-            static_file, "/_emulator/static/<name>", methods=["GET"], name="emulator_static"
-        )
-        app.register_listener(stopped, "after_server_stop")
-        return app
-
-
-def _to_http(reply: Reply) -> HTTPResponse:
-    if reply.body is None:
-        return response.empty(status=reply.status)
-    return response.json(reply.body, status=reply.status)
-
-
-async def _static_file(name: str) -> HTTPResponse:
-    content_type = STATIC_FILES.get(name)
-    if content_type is None:
-        return _to_http(_error(404, "Not found"))
-    # no-cache: a developer who edits the page sees the change on the next reload.
-    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-    if name.endswith(".html"):
-        headers["Content-Security-Policy"] = _CHAT_PAGE_POLICY
-    try:
-        return await response.file(STATIC_DIR / name, mime_type=content_type, headers=headers)
-    except FileNotFoundError:
-        # An install that left out the package data (see pyproject's package-data).
-        return _to_http(
-            _error(404, f"The chat page's {name} is not installed (looked in {STATIC_DIR})")
-        )
-
-
-_SANIC_LOGGERS = ("sanic.root", "sanic.error", "sanic.access", "sanic.server")
-
-
-def _install_log_redaction() -> None:
-    # Sanic logs the request URL when a handler fails; Z-API URLs carry the instance token.
-    for name in _SANIC_LOGGERS:
-        sanic_logger = logging.getLogger(name)
-        if not any(isinstance(f, TokenPathFilter) for f in sanic_logger.filters):
-            sanic_logger.addFilter(TokenPathFilter())
