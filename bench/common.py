@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Set
+from typing import Dict, List, Optional, Set
 
 import httpx
 
@@ -77,6 +77,7 @@ def start_server(
     emulator_url: str = "",
     extra: Optional[List[str]] = None,
     wait: bool = True,
+    env: Optional[Dict[str, str]] = None,
 ) -> Server:
     """Start a :mod:`bench.server`; with ``wait=False`` call :meth:`Server.wait` before use
     (starting several at once saves their import time, which is seconds each)."""
@@ -93,7 +94,7 @@ def start_server(
     if emulator_url:
         args += ["--emulator-url", emulator_url]
     args += extra or []
-    child = procs.start(name or f"server-{channel}", args)
+    child = procs.start(name or f"server-{channel}", args, env)
     server = Server(child, f"http://127.0.0.1:{port}", channel)
     if wait:
         server.wait()

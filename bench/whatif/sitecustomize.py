@@ -1,7 +1,8 @@
-"""What-ifs for benchmarks 1b and 3, chosen by ``ZAPI_BENCH_WHATIF`` in the process's environment.
+"""What-ifs for benchmarks 1b, 2 and 3, chosen by ``ZAPI_BENCH_WHATIF`` in a process's environment.
 
 Python imports ``sitecustomize`` at start-up from ``PYTHONPATH``; ``bench/stack.py`` puts this
-folder there, with the variable set, for an extra ``rasa run`` and no other process.
+folder there, with the variable set, for an extra ``rasa run``, and ``bench/ingest.py`` for one
+extra benchmark server; no other process gets it.
 
 ``validation-cached`` (1b): Rasa 3.6's ``RemoteAction._validate_action_result`` calls
 ``jsonschema.validate(result, schema)``, which checks the schema itself against its metaschema on
@@ -13,6 +14,10 @@ validator once and reusing it validates the same answers against the same schema
 with no HTTP. Everything else in our channel runs as usual (webhook, worker, turn, answers,
 sent markers), so comparing this process with the real one splits the channel's cost into the
 sends and the rest.
+
+``memory-inbox`` (2): the embedded delivery's ``accept`` deduplicates in a set and queues the
+turn, with no SQLite file, as the release before the durable deliveries did. Measured beside the
+real channel in the same run, it shows what keeping each message on disk costs on that machine.
 """
 
 from __future__ import annotations
@@ -54,9 +59,31 @@ def _stub_sends() -> None:
     ZApiClient.send = send  # type: ignore[method-assign]
 
 
+def _memory_inbox() -> None:
+    # What the release before the durable deliveries did after the 200, in the same process and
+    # the same run: deduplicate in a set and queue the turn. Nothing reaches the file.
+    from zapi_channel.delivery.base import identified
+    from zapi_channel.delivery.embedded import EmbeddedDelivery
+    from zapi_channel.inbound import InboundMessage
+
+    seen: set = set()  # type: ignore[type-arg]
+
+    async def accept(self: EmbeddedDelivery, message: InboundMessage) -> bool:
+        if message.dedup_key in seen:
+            return False
+        seen.add(message.dedup_key)
+        if not message.metadata.get("is_group"):
+            message = identified(message, message.phone, list(message.forms))
+        self._turns.submit(message)
+        return True
+
+    EmbeddedDelivery.accept = accept  # type: ignore[method-assign]
+
+
 _MODES = {
     "validation-cached": (_cache_validation, "Rasa's action results validated, validator cached"),
     "sends-stubbed": (_stub_sends, "ZApiClient.send stubbed: no HTTP"),
+    "memory-inbox": (_memory_inbox, "accepted messages kept in memory only, as before the file"),
 }
 
 if MODE in _MODES:
