@@ -10,6 +10,7 @@ Screenshots of each browser test land in its ``tmp_path`` (the path is printed; 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import os
@@ -489,6 +490,31 @@ async def test_chat_list_switches_conversations_and_starts_new_ones(
     await page.press("#new-chat", "Enter")
     await expect(page.locator(".chat-item.active")).to_contain_text("+55 31 97777-6666")
     await expect(page.locator("#messages .empty")).to_contain_text("+55 31 97777-6666")
+
+
+async def test_the_open_chat_in_the_list_counts_the_messages_it_shows(
+    page: Any, stack: Stack
+) -> None:
+    # The open chat's messages are polled on every tick and the chat list on every third: read
+    # both in one go, the moment a new message shows, so a stale count cannot hide in between.
+    shown_and_listed = """() => [
+        document.querySelectorAll("#messages .row.me").length,
+        document.querySelector(".chat-item.active .chat-item-sub").textContent,
+    ]"""
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        for n in range(1, 4):
+            answer = await http.post(
+                "/_emulator/messages", json={"phone": CUSTOMER, "text": f"message {n}"}
+            )
+            assert answer.status_code == 200
+            for _ in range(500):
+                shown, listed = await page.evaluate(shown_and_listed)
+                if shown >= n:
+                    break
+                await asyncio.sleep(0.01)
+            assert shown >= n, "the message never showed"
+            count = int(listed.split()[0]) if listed[0].isdigit() else 0
+            assert count >= shown, f"{shown} message(s) shown, the chat list says {listed!r}"
 
 
 async def test_the_shop_can_write_from_its_phone(page: Any, stack: Stack, tmp_path: Path) -> None:

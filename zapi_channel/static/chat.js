@@ -702,6 +702,10 @@
     }
     for (const phone of state.started) add(phone, null, 0);
     add(state.phone, state.instanceId, null);
+    // The open chat's own messages are polled more often than the chat list: its count is at
+    // least what it shows, or a chat that just began reads "no messages yet" beside them.
+    const open = entries.find((chat) => chat.phone === state.phone && chat.instanceId === state.instanceId);
+    if (open) open.count = Math.max(open.count || 0, state.records.length);
 
     const list = $.chatList;
     list.replaceChildren(
@@ -809,6 +813,7 @@
         if (answer.ok && text !== state.payload) {
           state.payload = text;
           render(JSON.parse(text).messages || []);
+          renderChats();
         }
       }
       if (state.polls % CHATS_EVERY === 0) await loadChats();
