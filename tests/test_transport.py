@@ -205,6 +205,33 @@ async def test_httpx_request_log_lines_carry_no_token(
     assert all(INSTANCE_TOKEN not in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_proxy_variables_are_honoured(
+    fake: Any, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake Z-API stands in for the proxy: a proxied http request names the real host.
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fake.url)
+    async with client_for("http://zapi.example.invalid", transport) as client:
+        sent = await client.send_text(PHONE, "via the proxy")
+    assert sent.message_id == "M1"
+    assert fake.calls[0]["headers"]["host"] == "zapi.example.invalid"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_no_proxy_goes_direct(
+    fake: Any, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with client_for(fake.url, transport) as client:
+        sent = await client.send_text(PHONE, "direct")
+    assert sent.message_id == "M1" and len(fake.calls) == 1
+
+
 def test_an_unknown_transport_is_refused() -> None:
     credentials = ZApiCredentials(INSTANCE_ID, INSTANCE_TOKEN, CLIENT_TOKEN)
     with pytest.raises(ValueError, match="httpx, aiohttp"):

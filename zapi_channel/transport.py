@@ -26,16 +26,20 @@ What must not change with the transport, and ``tests/test_transport.py`` checks 
 - *Bodies*: aiohttp does not decompress; httpx decodes ``Content-Encoding`` as it always does.
 - *Trust and proxies*: the CA bundle is certifi's, as httpx's is, and ``HTTPS_PROXY`` and the
   other proxy variables are honoured, as httpx honours them (httpx ignores them itself once it
-  is given a transport).
+  is given a transport). Like httpx, the transport reads them once, when it opens its session:
+  aiohttp's ``trust_env`` would read the whole environment and try to open ``~/.netrc`` on
+  every request, measured at about a sixth of a send's CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Optional
+import urllib.request
+from typing import Any, Dict, Optional, Tuple
 
 import aiohttp
+import aiohttp.helpers
 import certifi
 import httpx
 
@@ -78,6 +82,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, max_connections: int = 50) -> None:
         self._limit = max_connections
         self._session: Optional[aiohttp.ClientSession] = None
+        # The proxy variables as they were when the session opened, and what they say for each
+        # (scheme, host) asked so far: a bot calls one host, so this stays one entry or two.
+        self._proxies: Dict[str, Any] = {}
+        self._routes: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
 
     def __repr__(self) -> str:
         return f"AiohttpTransport(max_connections={self._limit})"
@@ -90,14 +98,30 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 enable_cleanup_closed=True,
                 ssl=ssl.create_default_context(cafile=certifi.where()),
             )
-            # No cookies kept between calls and no decompression here (httpx does it).
+            # No cookies kept between calls and no decompression here (httpx does it). Proxies
+            # are read here, once, rather than by trust_env on every request (module docstring);
+            # aiohttp's own reader, so that the variables mean what they meant with trust_env.
+            self._proxies = dict(aiohttp.helpers.proxies_from_env())
+            self._routes.clear()
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
-                trust_env=True,
+                trust_env=False,
             )
         return self._session
+
+    def _proxy_for(self, url: httpx.URL) -> Tuple[Any, Any]:
+        """(proxy URL, proxy credentials) for ``url``, or (None, None) to go direct."""
+        route = self._routes.get((url.scheme, url.host))
+        if route is None:
+            info = self._proxies.get(url.scheme)
+            if info is None or urllib.request.proxy_bypass(url.host):
+                route = (None, None)
+            else:
+                route = (info.proxy, info.proxy_auth)
+            self._routes[(url.scheme, url.host)] = route
+        return route
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._open()
@@ -109,6 +133,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             sock_read=limits.get("read"),
         )
         body = await request.aread()
+        proxy, proxy_auth = self._proxy_for(request.url)
         failure: Optional[httpx.TransportError] = None
         try:
             async with session.request(
@@ -118,6 +143,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=body or None,
                 allow_redirects=False,
                 timeout=timeout,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             ) as answer:
                 content = await answer.read()
                 status, headers = answer.status, list(answer.raw_headers)
