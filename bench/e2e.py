@@ -535,8 +535,8 @@ def _cpu_why(split: Dict[str, List[float]]) -> str:
         f"{sends_ms:.1f} ms per message, about {sends_ms / ANSWERS_PER_MESSAGE:.1f} ms each, "
         f"for {percent(100 * real)} in all. Rest only serialises its answers into the response. "
         f"The sends use httpx's API over the `{DEFAULT_TRANSPORT}` transport (section 4 compares "
-        "the transports); a burst of 60 varies by about a millisecond per message between "
-        "rounds, the size of what is left, so compare the per-round values in the table below."
+        "the transports); a burst of 60 varies between rounds by as much as what is left, "
+        "so compare the per-round values in the table below."
     )
 
 
@@ -556,10 +556,10 @@ def _send_why(split: Dict[str, List[float]]) -> str:
     return (
         "Each round's estimate is a difference of two differences (the real `rasa run` "
         "against the one whose sends are stubbed, each against its own rest channel), over "
-        "bursts whose CPU per message moves by about a millisecond between rounds; the per-"
-        f"round estimates are {' / '.join(f'{v:.2f}' for v in rounds)} ms. The target counts "
-        "as met only if the highest of them is within it. The same send costs about 0.3-0.4 "
-        "ms in a process of its own (section 4), where the figure is steady."
+        "bursts whose CPU per message moves between rounds by more than a send costs; the "
+        f"per-round estimates are {' / '.join(f'{v:.2f}' for v in rounds)} ms. The target "
+        "counts as met only if the highest of them is within it. Section 4 measures the same "
+        "send in a process of its own, where the figure is steady."
     )
 
 
