@@ -91,3 +91,20 @@ async def test_blocking_commands_are_not_taken(client: redis_asyncio.Redis) -> N
     with pytest.raises(AttributeError, match="xreadgroup"):
         batched.xreadgroup  # noqa: B018 - the attribute lookup is what refuses
     await batched.aclose()
+
+
+async def test_a_command_redis_py_refuses_fails_its_burst_and_leaves_no_one_waiting(
+    client: redis_asyncio.Redis, prefix: str
+) -> None:
+    batched = AutoPipeline(client)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            batched.get(f"{prefix}:a"),
+            batched.set(f"{prefix}:only-a-key"),  # no value: redis-py refuses it at once
+            return_exceptions=True,
+        ),
+        timeout=5,
+    )
+    assert all(isinstance(result, TypeError) for result in results)
+    # The next burst is not affected.
+    assert await batched.set(f"{prefix}:b", "1", ex=60) is True

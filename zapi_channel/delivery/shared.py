@@ -195,7 +195,7 @@ class RedisDelivery(RedisJournal):
         super().__init__(client, prefix=prefix)
         self.dedup_ttl_seconds = int(dedup_ttl_seconds)
         # Every command of a webhook or a turn: what coroutines issue together goes as one
-        # pipeline (a tenth of the CPU of separate round trips; see the module).
+        # pipeline (about a tenth of the CPU of separate round trips; see the module).
         self.commands = AutoPipeline(client)
         self.stream = StreamInbox(
             client,
