@@ -4,6 +4,7 @@
 - :mod:`~zapi_channel.delivery.embedded`: the default, one SQLite file (``state_path``).
 - :mod:`~zapi_channel.delivery.shared`: several instances through Redis (``redis_url``).
 - :mod:`~zapi_channel.delivery.streams`: the Redis Streams inbox the shared delivery reads.
+- :mod:`~zapi_channel.delivery.batching`: Redis commands sent a burst per pipeline.
 - :mod:`~zapi_channel.delivery.sqlite`: the thread that owns the SQLite connection.
 - :mod:`~zapi_channel.delivery.workers`: per-customer FIFO turns with a concurrency bound.
 """
