@@ -41,6 +41,10 @@ async def test_commands_issued_together_go_in_one_pipeline_with_their_own_answer
     assert answers[20] is True and answers[21] == 1
     assert batched.pipelines == 1
     assert await client.get(f"{prefix}:b") == "2"
+    # Queued when issued: two issued before either is awaited share one round trip, no task.
+    first, second = batched.get(f"{prefix}:a"), batched.get(f"{prefix}:b")
+    assert (await first, await second) == ("1", "2")
+    assert batched.pipelines == 2
 
 
 async def test_a_failing_command_fails_alone(client: redis_asyncio.Redis, prefix: str) -> None:

@@ -47,8 +47,12 @@ class AutoPipeline:
             raise AttributeError(f"{command!r} is not sent through an AutoPipeline")
         return partial(self.call, command)
 
-    async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
-        """Queue ``command``; its answer once the pipeline it went out in is answered."""
+    def call(self, command: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Queue ``command`` now; the future of its answer.
+
+        A plain function, not a coroutine: the command is queued when it is issued, so that a
+        caller can issue two and then await both (one round trip), with no task to start.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queued.append((command, args, kwargs, future))
@@ -56,7 +60,7 @@ class AutoPipeline:
             self._scheduled = True
             # At the end of this iteration: what the other coroutines issue meanwhile joins.
             loop.call_soon(self._send)
-        return await future
+        return future
 
     def _send(self) -> None:
         self._scheduled = False

@@ -147,7 +147,8 @@ class StreamInbox:
     async def ack(self, partition: int, entry_id: str) -> None:
         key = self.stream_key(partition)
         try:
-            # Issued together: one round trip for both.
+            # Issued together: through the AutoPipeline (futures, no task to start) one round
+            # trip for both.
             await asyncio.gather(
                 self.commands.xack(key, GROUP, entry_id), self.commands.xdel(key, entry_id)
             )
