@@ -39,6 +39,7 @@ class FakeZApi:
         self.fail_first = 0
         self.delay = 0.0
         self.gzip = False
+        self.set_cookie = ""
 
     async def send_text(self, request: Request, instance: str, token: str) -> HTTPResponse:
         self.calls.append(
@@ -54,6 +55,11 @@ class FakeZApi:
             self.fail_first -= 1
             return response.json({"error": "busy"}, status=503)
         body = json.dumps({"zaapId": "Z1", "messageId": f"M{len(self.calls)}", "id": "M"})
+        if self.set_cookie:
+            cookie, self.set_cookie = self.set_cookie, ""
+            return response.raw(
+                body.encode(), headers={"Set-Cookie": cookie}, content_type="application/json"
+            )
         if self.gzip:
             return response.raw(
                 gzip.compress(body.encode()),
@@ -109,6 +115,21 @@ async def test_a_send_carries_the_headers_and_body_and_reads_the_answer(
     headers = {key.lower(): value for key, value in call["headers"].items()}
     assert headers["client-token"] == CLIENT_TOKEN
     assert headers["content-type"] == "application/json"
+    assert headers["accept"] == "application/json"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_cookie_the_server_sets_is_sent_back_and_none_is_made_up(
+    fake: Any, transport: str
+) -> None:
+    # Z-API's docs name no cookie; a proxy in front of it may set one (client._CookiesWhenSet).
+    async with client_for(fake.url, transport) as client:
+        await client.send_text(PHONE, "before")
+        fake.set_cookie = "balancer=b7; Path=/"
+        await client.send_text(PHONE, "sets it")
+        await client.send_text(PHONE, "after")
+    sent = [{k.lower(): v for k, v in call["headers"].items()}.get("cookie") for call in fake.calls]
+    assert sent == [None, None, "balancer=b7"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -86,6 +86,37 @@ CALLBACK_URL_FIELDS: Mapping[str, str] = {
 }
 
 
+class _CookiesWhenSet(httpx.Cookies):
+    """httpx's cookie jar, updated only by a response that sets a cookie.
+
+    httpx updates the jar from every response, and to do so builds a ``urllib`` request and
+    response stand-in each time: about a seventh of a send's CPU on the aiohttp transport
+    (docs/benchmarks.md, section 4). Z-API authenticates by the URL's token and the
+    ``Client-Token`` header, and its docs say nothing of cookies, but a proxy in front of it
+    may set one: a ``Set-Cookie`` answer is kept exactly as httpx keeps it, and sent back.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+class _HttpClient(httpx.AsyncClient):
+    """The pooled client :class:`ZApiClient` builds for itself: httpx's, with the jar above."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.cookies = httpx.Cookies()  # through the setter below, so the jar is ours
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self._jar = _CookiesWhenSet(httpx.Cookies(cookies).jar)
+
+
 @dataclass(frozen=True)
 class InstanceStatus:
     """Answer of ``GET status``: https://developer.z-api.io/en/instance/status"""
@@ -287,7 +318,11 @@ class ZApiClient:
         self._urls: Dict[str, httpx.URL] = {}
         if transport not in HTTP_TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(HTTP_TRANSPORTS)}")
-        self._http = http_client or httpx.AsyncClient(
+        # A client of our own carries the headers itself: httpx merges a request's headers into
+        # the client's on every call, which costs more than sending them.
+        self._request_headers: Optional[Dict[str, str]] = self._headers if http_client else None
+        self._http = http_client or _HttpClient(
+            headers=self._headers,
             # Connecting should be quick; Z-API itself may take a while to answer a send.
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20),
@@ -348,7 +383,7 @@ class ZApiClient:
             response = await self._http.request(
                 method,
                 url,
-                headers=self._headers,
+                headers=self._request_headers,
                 # Z-API answers 415 to a call without a JSON content type, GETs included.
                 content=_json_bytes(body) if body is not None else None,
             )
