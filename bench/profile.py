@@ -64,6 +64,9 @@ class Profile:
     ours_inclusive: Counter[str] = field(default_factory=Counter)
     #: Innermost frames by self samples.
     top_frames: Counter[str] = field(default_factory=Counter)
+    #: Samples in aiohttp code that no Rasa or zapi_channel frame called: the event loop's
+    #: callbacks into aiohttp's protocol, which read answers for whichever client sent them.
+    loose_aiohttp: int = 0
 
     def share(self, count: int) -> float:
         return 100 * count / self.samples if self.samples else 0.0
@@ -99,6 +102,11 @@ def bucket_of(frames: List[str]) -> str:
     return "other"
 
 
+def _in(path: str, package: str) -> bool:
+    """Whether ``path`` (as py-spy printed it, relative or full) is in ``package``."""
+    return path.startswith(package) or f"/{package}" in path
+
+
 def _short(frame: str) -> str:
     """``receive (zapi_channel/channel.py:330)``, shortened if py-spy printed a full path."""
     name, _, where = frame.partition(" (")
@@ -126,6 +134,11 @@ def parse_collapsed(text: str) -> Profile:
         profile.samples += count
         profile.by_bucket[bucket_of(frames)] += count
         profile.top_frames[_short(frames[-1])] += count
+        files = [file_of(frame) for frame in frames]
+        if any(_in(f, "aiohttp/") for f in files) and not any(
+            _in(f, "rasa/") or _in(f, "zapi_channel/") for f in files
+        ):
+            profile.loose_aiohttp += count
         seen = set()
         for frame in frames:
             if file_of(frame).startswith("zapi_channel/"):
@@ -138,15 +151,16 @@ def parse_collapsed(text: str) -> Profile:
     return profile
 
 
-def record(pid: int, seconds: float, out: Path) -> Optional[Profile]:
-    """Sample ``pid`` for ``seconds``; ``None`` if py-spy is missing or not allowed to attach."""
+def record(pid: int, seconds: float, out: Path, *, rate: int = 200) -> Optional[Profile]:
+    """Sample ``pid`` for ``seconds``, ``rate`` times a second; ``None`` if py-spy is missing or
+    not allowed to attach."""
     tool = py_spy()
     if tool is None:
         return None
     result = subprocess.run(
         [
             tool, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-            "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out),
+            "--rate", str(rate), "--nonblocking", "--format", "raw", "--output", str(out),
         ],
         capture_output=True, text=True, timeout=seconds + 60, check=False,
     )  # fmt: skip
