@@ -641,7 +641,7 @@ def _send_why(split: Dict[str, List[float]], sample: Optional[SendSample]) -> st
         f"{sample.inside:,} were under `ZApiClient.send` (the low figure), and {sample.loose:,} "
         "in aiohttp's protocol callbacks, which read answers for whichever client sent the "
         "request, ours or Rasa's action-server calls (added for the high figure, which the "
-        f"target reads). So few samples leave about ±{spread:.0f}% of chance in either figure. "
+        f"target reads). Counts of samples this size leave about ±{spread:.0f}% of chance. "
         "What the event loop does for a send (waking up for its answer, stepping its task) is "
         f"charged to the loop, which serves every request, so it is not in the figures. "
         f"{difference} Section 4 measures the whole process's CPU per send in a process of its "
