@@ -84,6 +84,11 @@ def file_of(frame: str) -> str:
 _CHARGED_WHOLE = (("jsonschema/", "jsonschema (Rasa's action-result validation)"),)
 
 
+def _in(path: str, package: str) -> bool:
+    """Whether ``path`` (as py-spy printed it, relative or full) is in ``package``."""
+    return path.startswith(package) or f"/{package}" in path
+
+
 def bucket_of(frames: List[str]) -> str:
     """The package of the innermost frame that has a file (generated code is charged to the
     code that called it)."""
@@ -96,15 +101,10 @@ def bucket_of(frames: List[str]) -> str:
         if not path:
             continue
         for name, prefix in BUCKETS:
-            if path.startswith(prefix) or f"/{prefix}" in path:
+            if _in(path, prefix):
                 return name
         return "other"
     return "other"
-
-
-def _in(path: str, package: str) -> bool:
-    """Whether ``path`` (as py-spy printed it, relative or full) is in ``package``."""
-    return path.startswith(package) or f"/{package}" in path
 
 
 def _short(frame: str) -> str:
