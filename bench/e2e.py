@@ -581,9 +581,14 @@ class SendSample:
     #: Samples under ``ZApiClient.send``, and aiohttp's loop callbacks that no caller claims.
     inside: int
     loose: int
+    #: The sends the burst made.
+    sends: int
 
     def _per_send(self, count: int) -> float:
-        return count / self.samples * self.cpu_ms_per_message / ANSWERS_PER_MESSAGE
+        # Each sample stands for 1/rate s of the thread it caught. Not a share of all samples:
+        # py-spy with --nonblocking also samples threads that wait (the state thread in its
+        # queue, the loop in epoll), so the total is wall time of every thread, not CPU.
+        return 1000 * count / SEND_SAMPLING_HZ / self.sends
 
     @property
     def low(self) -> float:
@@ -595,8 +600,8 @@ class SendSample:
 
 
 def _sample_sends(bench: Bench, ctx: Context, count: int, capacity: float) -> Optional[SendSample]:
-    """py-spy samples ``rasa run`` while a burst of ours is answered: the share of its samples
-    under ``ZApiClient.send``, times the burst's CPU per message, over the sends of a message."""
+    """py-spy samples ``rasa run`` while a burst of ours is answered: the time its samples
+    under ``ZApiClient.send`` stand for, over the burst's sends."""
     seconds = 2 * count / max(capacity, 1.0) + 5
     sampled: Dict[str, Optional[profile.Profile]] = {}
     sampler = threading.Thread(
@@ -619,6 +624,7 @@ def _sample_sends(bench: Bench, ctx: Context, count: int, capacity: float) -> Op
     return SendSample(
         cpu_ms_per_message=cpu_ms,
         samples=found.samples,
+        sends=count * ANSWERS_PER_MESSAGE,
         inside=found.ours_inclusive.get("send (zapi_channel/client.py)", 0),
         loose=found.loose_aiohttp,
     )
@@ -636,14 +642,17 @@ def _send_why(split: Dict[str, List[float]], sample: Optional[SendSample]) -> st
         return f"{difference} py-spy could not sample `rasa run`, so the target reads these."
     spread = 100 / math.sqrt(max(1, sample.inside + sample.loose))
     return (
-        f"py-spy sampled `rasa run` through one more burst of ours ({sample.samples:,} samples "
-        f"of busy threads, {sample.cpu_ms_per_message:.1f} ms of CPU per message): "
-        f"{sample.inside:,} were under `ZApiClient.send` (the low figure), and {sample.loose:,} "
+        f"py-spy sampled `rasa run` {SEND_SAMPLING_HZ} times a second through one more burst of "
+        f"ours ({sample.sends:,} sends, {sample.cpu_ms_per_message:.1f} ms of CPU per message; "
+        f"{sample.samples:,} samples of all threads, waiting ones included): each sample stands "
+        f"for 1/{SEND_SAMPLING_HZ} s of the thread it caught. {sample.inside:,} were under "
+        f"`ZApiClient.send` (the low figure), and {sample.loose:,} "
         "in aiohttp's protocol callbacks, which read answers for whichever client sent the "
         "request, ours or Rasa's action-server calls (added for the high figure, which the "
         f"target reads). Counts of samples this size leave about ±{spread:.0f}% of chance. "
         "What the event loop does for a send (waking up for its answer, stepping its task) is "
-        f"charged to the loop, which serves every request, so it is not in the figures. "
+        "charged to the loop, which serves every request, so it is not in the figures; time "
+        "the thread lost to other processes while inside a send (two shared cores) is. "
         f"{difference} Section 4 measures the whole process's CPU per send in a process of its "
         "own, loop and loopback included."
     )
