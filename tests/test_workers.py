@@ -164,3 +164,56 @@ async def test_the_wait_before_a_job_holds_no_concurrency_slot() -> None:
     slow_to_start.set()
     assert await workers.join(2)
     assert done == ["b", "a"]
+
+
+async def test_a_customer_with_many_messages_takes_turns_with_the_others() -> None:
+    workers: ConversationWorkers[object] = ConversationWorkers(max_concurrency=1)
+    order: List[str] = []
+
+    def job(name: str):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            order.append(name)
+            await asyncio.sleep(0)
+
+        return run
+
+    for n in range(3):
+        workers.submit("busy", f"busy{n}", job(f"busy{n}"))
+    workers.submit("other", "other0", job("other0"))
+    assert await workers.join(2)
+    # Not all of the busy customer's backlog first: the other one's turn comes after one.
+    assert order == ["busy0", "other0", "busy1", "busy2"]
+
+
+async def test_turns_run_on_at_most_the_bound_of_tasks_however_many_customers() -> None:
+    workers: ConversationWorkers[object] = ConversationWorkers(max_concurrency=3)
+    ran_on = set()
+
+    async def job() -> None:
+        ran_on.add(asyncio.current_task())
+        await asyncio.sleep(0.001)
+
+    for n in range(60):
+        workers.submit(f"55{n}", n, job)
+    assert await workers.join(2)
+    # Three workers ran all 60 turns: a waiting customer is not a task of its own.
+    assert len(ran_on) == 3
+    assert workers.pending == 0
+
+
+async def test_a_customer_who_writes_after_the_workers_ended_is_served() -> None:
+    workers: ConversationWorkers[object] = ConversationWorkers(max_concurrency=1)
+    done: List[str] = []
+
+    async def first() -> None:
+        done.append("first")
+
+    async def late() -> None:
+        done.append("late")
+
+    workers.submit("a", "first", first)
+    for _ in range(5):  # the worker runs "first", finds nobody ready, and ends
+        await asyncio.sleep(0)
+    workers.submit("b", "late", late)
+    assert await workers.join(2)
+    assert done == ["first", "late"]
