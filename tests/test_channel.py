@@ -124,6 +124,7 @@ async def test_text_becomes_one_user_message(harness: Harness, callback: Load) -
     answer = await harness.post(payload)
     assert answer.status_code == 200
     assert answer.json() == {"status": "accepted"}
+    assert answer.headers["content-type"] == "application/json"
     await harness.settle()
     [message] = harness.agent.messages
     assert message.text == "Hi there"

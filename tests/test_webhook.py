@@ -188,3 +188,22 @@ def test_the_cap_holds_for_the_compressed_body_too() -> None:
 def test_a_damaged_compressed_body_is_400(body: bytes) -> None:
     assert decode_body(body, "gzip", LIMIT) == BAD_COMPRESSION
     assert BAD_COMPRESSION.status == 400
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [ACCEPTED, DUPLICATE, BAD_COMPRESSION, INVALID_TOKEN, MISSING_TOKEN, TOO_LARGE],
+)
+def test_a_reply_is_encoded_once_as_compact_json_of_its_body(reply: Reply) -> None:
+    assert json.loads(reply.encoded) == reply.body
+    assert reply.encoded == json.dumps(reply.body, separators=(",", ":")).encode()
+    assert reply.encoded is reply.encoded  # kept, not encoded again for the next webhook
+
+
+def test_an_ignored_callbacks_reply_carries_its_own_reason(callback: Load) -> None:
+    payload = callback("received_text")
+    payload["isEdit"] = True
+    reply = decide(body(payload), ChannelConfig.from_mapping(channel_block()))
+    assert isinstance(reply, Reply)
+    assert json.loads(reply.encoded) == {"status": "ignored", "reason": reply.body["reason"]}
+    assert "edit" in reply.body["reason"]

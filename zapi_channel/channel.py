@@ -66,6 +66,16 @@ CHANNEL_NAME = "zapi"
 _INTERACTIVE = frozenset({"send-button-list", "send-option-list", "send-button-actions"})
 
 
+def shaping_for(config: ChannelConfig) -> Shaping:
+    """The settings of ``config`` that shape answers."""
+    return Shaping(
+        text_limit=config.max_text_length,
+        delay_typing=config.delay_typing,
+        buttons_as=config.buttons_as,
+        link_image=config.link_preview_image,
+    )
+
+
 class ZApiOutput(OutputChannel):
     """Sends Rasa's answers through Z-API.
 
@@ -90,17 +100,14 @@ class ZApiOutput(OutputChannel):
         reply_to: Optional[str] = None,
         quote: Optional[str] = None,
         metrics: Optional[Metrics] = None,
+        shaping: Optional[Shaping] = None,
     ) -> None:
         self.client = client
         self.config = config
         self.delivery = delivery
         self._metrics = metrics
-        self._shaping = Shaping(
-            text_limit=config.max_text_length,
-            delay_typing=config.delay_typing,
-            buttons_as=config.buttons_as,
-            link_image=config.link_preview_image,
-        )
+        # Given by ZApiInput, which builds it once: an output channel is made for every turn.
+        self._shaping = shaping or shaping_for(config)
         # The customer's message the turn's first answer quotes (``quote_replies``).
         self._quote = quote
         self._quoted = False
@@ -313,6 +320,7 @@ class ZApiInput(InputChannel):
         self._sends: Set[asyncio.Task[bool]] = set()
         self._background: Set[asyncio.Future[None]] = set()
         self.metrics = Metrics()
+        self._shaping = shaping_for(config)
         self._metrics_auth = (
             f"Bearer {config.metrics_token}".encode() if config.metrics_token else None
         )
@@ -356,6 +364,7 @@ class ZApiInput(InputChannel):
             reply_to=message.phone if message is not None else None,
             quote=self._quote_for(message),
             metrics=self.metrics,
+            shaping=self._shaping,
         )
 
     def _quote_for(self, message: Optional[InboundMessage]) -> Optional[str]:
@@ -404,8 +413,12 @@ class ZApiInput(InputChannel):
         message: InboundMessage,
         on_new_message: Callable[[UserMessage], Awaitable[Any]],
     ) -> None:
-        with self.metrics.turn_seconds.time():
+        # Timed by hand rather than with .time(): one object fewer for every message.
+        started = time.perf_counter()
+        try:
             await self._one_turn(message, on_new_message)
+        finally:
+            self.metrics.turn_seconds.observe(time.perf_counter() - started)
 
     async def _one_turn(
         self,
@@ -563,7 +576,7 @@ class ZApiInput(InputChannel):
         reply = await self._answer(request)
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
         self.metrics.webhook(reply.outcome, reply.reason)
-        return response.json(reply.body, status=reply.status)
+        return HTTPResponse(reply.encoded, status=reply.status, content_type="application/json")
 
     async def _answer(self, request: Request) -> Reply:
         refused = authenticate(request.query_string, self._token_query, self.config.webhook_token)
