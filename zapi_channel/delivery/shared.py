@@ -12,10 +12,11 @@ One async client serves all of it. Every entry expires or is removed: Redis stay
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from zapi_channel.delivery.base import (
     CHOICES_TTL_SECONDS,
@@ -79,7 +80,58 @@ def connect(url: str) -> Any:
     """The one async client every Redis user of a channel shares."""
     import redis.asyncio as redis_asyncio
 
-    return redis_asyncio.Redis.from_url(url, decode_responses=True)
+    client = redis_asyncio.Redis.from_url(url, decode_responses=True)
+    pool = client.connection_pool
+    # The class from_url chose for the URL's scheme (TCP, TLS, unix socket), packing in C.
+    pool.connection_class = packing_in_c(pool.connection_class)
+    return client
+
+
+class _PackedByHiredis:
+    """``pack_command`` through hiredis' C packer, for redis-py's asyncio connections.
+
+    redis-py 4.6 (the version Rasa 3.6 pins) packs commands in Python on its asyncio client,
+    where its sync client uses hiredis: about 10 µs against 5.6 for a command with an 800-byte
+    payload, measured, for each of the several commands a message costs. What reaches the
+    packer is what redis-py's own would see: the command name split into its words, then every
+    argument through the connection's encoder (its types, its errors), so the bytes on the
+    wire are the same.
+    """
+
+    encoder: Any
+
+    def pack_command(self, *args: Any) -> List[Any]:
+        name = args[0]
+        if isinstance(name, str):
+            words: Tuple[Any, ...] = tuple(name.encode().split())
+        else:
+            words = tuple(name.split()) if b" " in name else (name,)
+        encode = self.encoder.encode
+        assert _hiredis_pack is not None  # packing_in_c made this class only with it
+        return [_hiredis_pack((*words, *(encode(arg) for arg in args[1:])))]
+
+
+def packing_in_c(connection_class: type) -> type:
+    """``connection_class`` packing its commands with hiredis; itself without hiredis' packer."""
+    if _hiredis_pack is None or issubclass(connection_class, _PackedByHiredis):
+        return connection_class
+    return _packed_classes.setdefault(
+        connection_class,
+        type(connection_class.__name__, (_PackedByHiredis, connection_class), {}),
+    )
+
+
+def _hiredis_packer() -> Optional[Callable[[Tuple[Any, ...]], bytes]]:
+    # hiredis is a dependency, and its packer came with 2.1: both are checked, not assumed.
+    try:
+        hiredis = importlib.import_module("hiredis")
+    except ImportError:  # pragma: no cover - installed without it
+        return None
+    return getattr(hiredis, "pack_command", None)
+
+
+_hiredis_pack = _hiredis_packer()
+_packed_classes: Dict[type, type] = {}
 
 
 def _unavailable(prefix: str, exc: BaseException) -> StateUnavailable:
