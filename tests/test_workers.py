@@ -217,3 +217,19 @@ async def test_a_customer_who_writes_after_the_workers_ended_is_served() -> None
     workers.submit("b", "late", late)
     assert await workers.join(2)
     assert done == ["first", "late"]
+
+
+async def test_a_backlog_of_one_customer_starts_no_task_per_message() -> None:
+    workers: ConversationWorkers[object] = ConversationWorkers(max_concurrency=8)
+    alive: List[int] = []
+
+    async def job() -> None:
+        alive.append(len(asyncio.all_tasks()))
+        await asyncio.sleep(0)
+
+    for n in range(5):
+        workers.submit("5511", n, job)
+    assert await workers.join(2)
+    # One worker runs the five turns one after the other: as many tasks alive at the last turn
+    # as at the first, no idle worker made beside it after each.
+    assert len(alive) == 5 and len(set(alive)) == 1

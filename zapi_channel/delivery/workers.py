@@ -114,8 +114,12 @@ class ConversationWorkers(Generic[T]):
             taken.append(item)
         return taken
 
-    def _next(self, sender: str) -> None:
-        """The sender's first job is next: ready now, or once ``before`` is done with it."""
+    def _next(self, sender: str, *, by_worker: bool = False) -> None:
+        """The sender's first job is next: ready now, or once ``before`` is done with it.
+
+        ``by_worker``: called by a worker that goes on taking senders from the line, so a sender
+        ready at once needs no new worker.
+        """
         queue = self._queues[sender]
         while queue and queue[0][1] is _taken:
             queue.popleft()
@@ -126,7 +130,7 @@ class ConversationWorkers(Generic[T]):
                 self._idle.set()
             return
         if self._before is None:
-            self._ready_to_run(sender)
+            self._ready_to_run(sender, start_worker=not by_worker)
         else:
             # A wait for more of this sender's messages holds no worker (see Before).
             self._start(self._prepare(sender, queue[0][0]))
@@ -139,9 +143,9 @@ class ConversationWorkers(Generic[T]):
             logger.exception("Preparing a conversation turn failed; running it now")
         self._ready_to_run(sender)
 
-    def _ready_to_run(self, sender: str) -> None:
+    def _ready_to_run(self, sender: str, *, start_worker: bool = True) -> None:
         self._ready.append(sender)
-        if self._running < self._limit:
+        if start_worker and self._running < self._limit:
             self._running += 1
             self._start(self._work())
 
@@ -162,7 +166,7 @@ class ConversationWorkers(Generic[T]):
                     # One failed turn must not stop this customer's later messages.
                     logger.exception("A conversation turn failed; continuing with the next")
                 queue.popleft()
-                self._next(sender)
+                self._next(sender, by_worker=True)
         finally:
             self._running -= 1
 
