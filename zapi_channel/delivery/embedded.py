@@ -7,6 +7,12 @@ power cut. It leaves the inbox when its turn is over. On start, whatever is stil
 answered first, in order, per customer; the sent markers make a turn cut short skip the answers
 that already went out.
 
+Those markers, and a message's mark as answered, are not waited for: they commit without waiting
+for the disk (:mod:`zapi_channel.delivery.sqlite`), and reach it with the next commit that does.
+A killed process keeps them all the same (they are in the WAL); only a power cut right after a
+turn can lose them, and then that turn's answers go out again at the next start. A power cut
+repeats an answer at worst; it never loses a message.
+
 One process consumes a file. The first takes an exclusive ``flock`` on it for as long as it runs,
 and a second ``rasa run`` on the same file refuses to start, naming the first one's pid (the
 kernel drops the lock when a process dies, ``kill -9`` included, so a crash never leaves a stale
@@ -175,7 +181,8 @@ class StateFile:
                     where=where,
                 )
             connection.execute("PRAGMA journal_mode=WAL")
-            # FULL: each commit is on the disk before the webhook answers (a power cut keeps it).
+            # FULL: each commit someone waits for is on the disk before they hear back (a power
+            # cut keeps the webhook's message); the state thread relaxes it for the others.
             connection.execute("PRAGMA synchronous=FULL")
             # The command line may hold the write lock for a moment while it edits the journal.
             connection.execute("PRAGMA busy_timeout=5000")
@@ -662,8 +669,8 @@ class EmbeddedDelivery(EmbeddedJournal):
         self._held_by_humans.discard(conversation)
 
     async def mark_sent(self, message_key: str, answer: int) -> None:
-        # Not awaited either: only a crash within the next commit could repeat this answer, the
-        # same window as a send on the wire.
+        # Not awaited either: only a crash within the next commit, or a power cut before the
+        # next one that reaches the disk, could repeat this answer.
         self._thread.submit(
             partial(_mark_sent, key=message_key, answer=answer),
             what=f"note answer {answer} to {message_key} as sent",
