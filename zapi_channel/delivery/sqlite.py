@@ -13,14 +13,18 @@ the disk has it before anyone hears back. A batch made only of :meth:`SqliteThre
 operations, which nobody waits for, commits with ``synchronous=NORMAL``: it is in the WAL, so a
 killed process keeps it, and the next flushed commit takes it to the disk (a flush covers the
 whole WAL file). Only a power cut in between can lose it, which is why only operations whose loss
-repeats work (an answer marked as sent, a message marked as answered) are submitted.
+costs little are submitted: a message marked as answered or an answer marked as sent (lost, the
+answer goes out again at the next start), expired state purged (purged again), a sent message's
+record (lost, a later failure report for that message is logged as not one of ours instead of
+being journaled).
 
 The WAL is checkpointed by the thread, not by SQLite's automatic checkpoint. That one runs inside
 the commit that crosses its threshold, and a checkpoint flushes the disk twice: every webhook of
 that batch waited for it (a few milliseconds, against under one for a plain commit). The thread
 checkpoints between batches instead, once enough commits have gone by and nothing is queued, and
-so while no one waits; under a load that never leaves it idle, after four times as many commits
-all the same, so that the WAL stays bounded.
+so while no one waits; under a load that never leaves it idle, after twice as many commits all
+the same, so that the WAL stays bounded (and each checkpoint short: it copies back every page
+written since the last one).
 
 Failures of the file itself (disk full, read-only, I/O errors) fail every operation of the batch
 with :class:`~zapi_channel.errors.StateUnavailable`, and nothing of that batch is kept.
@@ -49,8 +53,8 @@ _Item = Tuple[Operation, _Sink]
 
 #: Operations that share one commit at most: a bound on how long one batch holds the others.
 MAX_BATCH = 512
-#: Commits between two checkpoints of the WAL when the thread is idle; four times as many at
-#: most when it never is. SQLite's own default is every 1,000 pages; a commit of a webhook
+#: Commits between two checkpoints of the WAL when the thread is idle; twice as many at most
+#: when it never is. SQLite's own default is every 1,000 pages; a commit of a webhook
 #: writes a few.
 CHECKPOINT_EVERY = 250
 
@@ -207,7 +211,7 @@ class SqliteThread:
         since = self._since_checkpoint
         if since < self.checkpoint_every:
             return
-        if since < 4 * self.checkpoint_every and not self._queue.empty():
+        if since < 2 * self.checkpoint_every and not self._queue.empty():
             return  # someone is waiting for the next batch: not now
         self._since_checkpoint = 0
         try:
