@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import httpx
 
-from bench import bodies
+from bench import bodies, trace
 from bench.common import (
     Context,
     Server,
@@ -54,17 +54,17 @@ def factory(server: Server, prefix: str) -> Callable[[httpx.AsyncClient, int], h
     return make
 
 
-async def measure(
-    server: Server, *, seconds: float, first: int, prefix: str, warm_up: bool
-) -> LoadResult:
+async def warm_up(server: Server, *, first: int, prefix: str) -> None:
     async with new_client(timeout=30) as client:
         make = factory(server, prefix)
-        if warm_up:
-            # Not counted: connections opened, code paths imported, our lazy HTTP client built.
-            await open_loop(client, make, rate=RATE, seconds=1.0, first=first, deadline_s=30)
+        await open_loop(client, make, rate=RATE, seconds=1.0, first=first, deadline_s=30)
+
+
+async def measure(server: Server, *, seconds: float, first: int, prefix: str) -> LoadResult:
+    async with new_client(timeout=30) as client:
         return await open_loop(
-            client, make, rate=RATE, seconds=seconds, first=first + 1000, deadline_s=30,
-            keep_body=server.channel == "rest",
+            client, factory(server, prefix), rate=RATE, seconds=seconds, first=first,
+            deadline_s=30, keep_body=server.channel == "rest",
         )  # fmt: skip
 
 
@@ -78,6 +78,8 @@ class Variant:
     extra: List[str] = field(default_factory=list)
     #: The server's own count of full garbage collections (``bench.server.FullCollections``).
     gc: Dict[str, Any] = field(default_factory=dict)
+    #: Ours only: where the acks' time went inside the server (:mod:`bench.trace`).
+    trace: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def pooled(self) -> LoadResult:
@@ -151,21 +153,23 @@ def run(ctx: Context) -> Section:
         for server in servers:
             server.wait()
         clear_emulator(emulator)
+        # Not counted: connections opened, code paths imported, our lazy HTTP client built.
+        for index, server in enumerate(servers):
+            asyncio.run(warm_up(server, first=9_000_000 + index * 10_000, prefix=f"WARM{index}"))
+            if server.channel == "zapi":
+                trace.take(server)  # what the trace counts starts here
         # Interleaved rounds: a burst of load from other work on the machine hits every variant
         # about equally instead of spoiling one of them.
         for round_index in range(rounds):
             for index, (variant, server) in enumerate(zip(variants, servers)):
                 first = (round_index * len(variants) + index) * 100_000
                 variant.rounds.append(
-                    asyncio.run(
-                        measure(
-                            server, seconds=seconds, first=first, prefix=f"ACK{index}",
-                            warm_up=round_index == 0,
-                        )
-                    )
-                )  # fmt: skip
+                    asyncio.run(measure(server, seconds=seconds, first=first, prefix=f"ACK{index}"))
+                )
         for variant, server in zip(variants, servers):
             variant.gc = httpx.get(f"{server.url}/_bench/stats", timeout=10).json()
+            if server.channel == "zapi":
+                variant.trace = trace.take(server)
         for variant in variants:
             pooled = variant.pooled
             if variant.channel == "zapi" and variant.delay_ms == BOT_DELAY_MS:
@@ -251,6 +255,14 @@ for the server.
             ),
         )
     )
+    traced = [(v.label, v.trace) for v in ours_variants if v.trace]
+    if traced:
+        section.notes.append(
+            "**Where our acks' time went, inside the server** (`bench/trace.py`: every webhook "
+            "of the measured rounds, timed by the benchmark server around our handler, the "
+            "state file's thread and the event loop):"
+        )
+        section.notes.append(trace.table(traced).markdown())
     answered, waited = blackhole
     section.notes.append(
         f"""
@@ -310,7 +322,6 @@ def _ack_why(worst: Variant, bare_p99: float) -> str:
             "rate in the same run: the tail is this shared machine's CPU contention (see the "
             "generator lag column), not the channel. "
         )
-    return (
-        "The bare handler stayed fast at the same rate, so the tail is ours: see the profile "
-        "in the ingestion section. "
-    )
+    if worst.trace:
+        return trace.explain(worst.trace, ours_p99, TARGET_P99_MS)
+    return "The bare handler stayed fast at the same rate, so the tail is ours. "

@@ -299,6 +299,11 @@ def run(ctx: Context) -> List[Section]:
         # One send inside rasa run, read off py-spy's samples of one more burst of ours.
         send_sample = _sample_sends(bench, ctx, 3 * burst_size, capacity["zapi"])
         clear_emulator(stack.emulator_url)
+        # Where the CPU per message differs, ours against rest: the Python each one runs.
+        held: Dict[str, Optional[GilSample]] = {}
+        for name in ("rest", "zapi"):
+            held[name] = _gil_burst(bench, ctx, name, 2 * burst_size, capacity[name])
+            clear_emulator(stack.emulator_url)
         e2e_took = time.monotonic() - started
 
         # Overload: twice what one process answers, for a while; then every message must be
@@ -348,7 +353,15 @@ def run(ctx: Context) -> List[Section]:
             sampled.get("p"),
         ),
         _e2e_section(
-            bursts, steady, capacity, steady_rate, burst_size, latency_seconds, split, send_sample
+            bursts,
+            steady,
+            capacity,
+            steady_rate,
+            burst_size,
+            latency_seconds,
+            split,
+            send_sample,
+            held,
         ),
     ]
     total = time.monotonic() - began
@@ -378,6 +391,7 @@ def _e2e_section(
     seconds: float,
     split: Dict[str, List[float]],
     send_sample: Optional[SendSample],
+    held: Dict[str, Optional[GilSample]],
 ) -> Section:
     table = Table(
         ["channel", "messages/s (burst, per round)", "messages/s (median)",
@@ -443,6 +457,7 @@ action reads it, so both channels make the bot do the same work.
         ),
     )
     section.notes.append(_split_note(split, burst_size))
+    section.notes.extend(_held_notes(held))
     section.targets.append(
         Target(
             what="channel overhead on throughput",
@@ -466,7 +481,7 @@ action reads it, so both channels make the bot do the same work.
                 f"{cpu_per_message['rest']:.1f} ms)"
             ),
             met=cpu_overhead < OVERHEAD_TARGET,
-            why=_cpu_why(split),
+            why=_cpu_why(split) + _held_why(held),
         )
     )
     per_send = _per_send_rounds(split)
@@ -627,6 +642,116 @@ def _sample_sends(bench: Bench, ctx: Context, count: int, capacity: float) -> Op
         sends=count * ANSWERS_PER_MESSAGE,
         inside=found.ours_inclusive.get("send (zapi_channel/client.py)", 0),
         loose=found.loose_aiohttp,
+    )
+
+
+@dataclass
+class GilSample:
+    """py-spy's samples of the thread holding the GIL in ``rasa run`` through one burst."""
+
+    messages: int
+    profile: profile.Profile
+    rate: int
+
+    def ms_per_message(self, samples: int) -> float:
+        return 1000 * samples / self.rate / self.messages
+
+    @property
+    def total_ms(self) -> float:
+        return self.ms_per_message(self.profile.samples)
+
+
+def _gil_burst(
+    bench: Bench, ctx: Context, channel: str, count: int, capacity: float
+) -> Optional[GilSample]:
+    """A burst of ``count`` new customers on ``channel`` while py-spy samples whichever thread
+    of ``rasa run`` holds the GIL."""
+    seconds = 2 * count / max(capacity, 1.0) + 5
+    sampled: Dict[str, Optional[profile.Profile]] = {}
+    sampler = threading.Thread(
+        target=lambda: sampled.update(
+            p=profile.record(
+                bench.stack.rasa.pid,
+                seconds,
+                ctx.log_dir / f"held-{channel}-rasa.pyspy",
+                rate=SEND_SAMPLING_HZ,
+                gil=True,
+            )
+        )
+    )
+    sampler.start()
+    time.sleep(1.0)  # py-spy attaches before the burst begins
+    bench.settled_cpu(channel, count)
+    sampler.join(seconds + 90)
+    found = sampled.get("p")
+    if found is None or not found.samples:
+        return None
+    return GilSample(messages=count, profile=found, rate=SEND_SAMPLING_HZ)
+
+
+def _held_rows(held: Dict[str, Optional[GilSample]]) -> List[Tuple[str, float, float]]:
+    """(package, rest's ms per message, ours), the largest differences first."""
+    rest, ours = held.get("rest"), held.get("zapi")
+    if rest is None or ours is None:
+        return []
+    names = set(rest.profile.by_bucket) | set(ours.profile.by_bucket)
+    rows = [
+        (
+            name,
+            rest.ms_per_message(rest.profile.by_bucket.get(name, 0)),
+            ours.ms_per_message(ours.profile.by_bucket.get(name, 0)),
+        )
+        for name in names
+    ]
+    return sorted(rows, key=lambda r: abs(r[2] - r[1]), reverse=True)
+
+
+def _held_notes(held: Dict[str, Optional[GilSample]]) -> List[str]:
+    rows = _held_rows(held)
+    rest, ours = held.get("rest"), held.get("zapi")
+    if not rows or rest is None or ours is None:
+        return ["py-spy could not sample `rasa run`: no profile of the difference this time."]
+    table = Table(["package", "rest: Python per message", "ours", "ours minus rest"])
+    for name, r, o in rows:
+        table.rows.append([name, f"{r:.2f} ms", f"{o:.2f} ms", f"{o - r:+.2f} ms"])
+    table.rows.append(
+        [
+            "**all**",
+            f"{rest.total_ms:.2f} ms",
+            f"{ours.total_ms:.2f} ms",
+            f"{ours.total_ms - rest.total_ms:+.2f} ms",
+        ]
+    )
+    functions = Table(["our function (inclusive)", "Python per message"])
+    for name, count in ours.profile.ours_inclusive.most_common(10):
+        functions.rows.append([name, f"{ours.ms_per_message(count):.2f} ms"])
+    return [
+        "**Profile of the difference.** py-spy sampled whichever thread of `rasa run` held the "
+        f"GIL ({SEND_SAMPLING_HZ} Hz, `--gil`) through one more burst of each channel "
+        f"({rest.messages} new customers each; {rest.profile.samples:,} samples for rest, "
+        f"{ours.profile.samples:,} for ours): each sample is 1/{SEND_SAMPLING_HZ} s of Python "
+        "running, charged to the package of its innermost frame, so the columns are Python time "
+        "per message (wall time holding the GIL: it also counts moments when another process "
+        "had the core). The model's TensorFlow kernels and the state file's disk flushes "
+        "release the GIL and are not in it; both channels run the same model.",
+        table.markdown(),
+        "Our own functions in the same samples (inclusive: with what they call):",
+        functions.markdown(),
+    ]
+
+
+def _held_why(held: Dict[str, Optional[GilSample]]) -> str:
+    rows = _held_rows(held)
+    rest, ours = held.get("rest"), held.get("zapi")
+    if not rows or rest is None or ours is None:
+        return ""
+    top = [f"{name} {o - r:+.2f} ms" for name, r, o in rows[:4]]
+    return (
+        f" In py-spy's samples of the GIL (the profile of the difference below), our burst ran "
+        f"{ours.total_ms - rest.total_ms:+.2f} ms more Python per message than rest's "
+        f"({ours.total_ms:.2f} against {rest.total_ms:.2f} ms); the largest differences: "
+        + ", ".join(top)
+        + "."
     )
 
 

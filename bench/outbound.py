@@ -9,14 +9,17 @@ take turns, round after round.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Dict, List
+from pathlib import Path
+from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 
 import aiohttp
 import httpx
 
-from bench import bodies
+from bench import bodies, profile
 from bench.common import Context, start_emulator
 from bench.procs import Processes
 from bench.report import Section, Table, Target
@@ -32,6 +35,8 @@ DEFAULT_TRANSPORT = ChannelConfig.http_transport
 #: One send's client CPU, at most (issue: "one send inside rasa run at most 0.3 ms").
 SEND_CPU_TARGET_US = 300
 TEXT = "Hi! This is the bot's answer."
+#: py-spy's rate for the profile of a send.
+PROFILE_HZ = 500
 
 Send = Callable[[int], Awaitable[None]]
 
@@ -102,7 +107,40 @@ async def drive(send: Send, *, count: int, limit_s: float, first: int) -> Round:
     )
 
 
-async def measure(emulator_url: str, *, rounds: int, count: int, limit_s: float) -> List[Way]:
+@dataclass
+class Sampled:
+    """One more round of a way while py-spy samples this process's GIL holder."""
+
+    calls: int
+    profile: profile.Profile
+
+    def us_per_call(self, samples: int) -> float:
+        return 1e6 * samples / PROFILE_HZ / self.calls if self.calls else float("nan")
+
+
+async def sample(send: Send, *, seconds: float, first: int, out: Path) -> Optional[Sampled]:
+    """``send`` for ``seconds`` while py-spy samples whichever thread of this process holds the
+    GIL: the send's Python, charged to the packages that run it."""
+    found: Dict[str, Optional[profile.Profile]] = {}
+    sampler = threading.Thread(
+        target=lambda: found.update(
+            p=profile.record(os.getpid(), seconds + 1.5, out, rate=PROFILE_HZ, gil=True)
+        )
+    )
+    sampler.start()
+    await asyncio.sleep(0.5)  # py-spy attaches first
+    done = await drive(send, count=10**7, limit_s=seconds, first=first)
+    # The sampler waits in a thread; the loop stays free meanwhile.
+    await asyncio.get_running_loop().run_in_executor(None, sampler.join, seconds + 60)
+    prof = found.get("p")
+    if prof is None or not prof.samples:
+        return None
+    return Sampled(calls=done.calls, profile=prof)
+
+
+async def measure(
+    emulator_url: str, *, rounds: int, count: int, limit_s: float, log_dir: Path
+) -> Tuple[List[Way], Dict[str, Optional[Sampled]]]:
     credentials = ZApiCredentials(INSTANCE_ID, INSTANCE_TOKEN, CLIENT_TOKEN, base_url=emulator_url)
     url = credentials.url_for("send-text")
     headers = {"Client-Token": CLIENT_TOKEN, "Content-Type": "application/json"}
@@ -165,12 +203,20 @@ async def measure(emulator_url: str, *, rounds: int, count: int, limit_s: float)
                     await drive(send, count=count, limit_s=limit_s, first=first)
                 )
                 first += 10_000
+        # Where a send's CPU goes: ours on the default transport, and the bare post under it.
+        sampled = {
+            name: await sample(
+                sends[name], seconds=limit_s, first=first + index * 10**7,
+                out=log_dir / f"outbound-{name}.pyspy",
+            )
+            for index, name in enumerate(("aiohttp", f"ours-{DEFAULT_TRANSPORT}"))
+        }  # fmt: skip
     finally:
         await pooled_client.aclose()
         await aiohttp_client.aclose()
         await raw_pool.aclose()
         await aiohttp_pool.close()
-    return list(ways.values())
+    return list(ways.values()), sampled
 
 
 def run(ctx: Context) -> Section:
@@ -180,7 +226,9 @@ def run(ctx: Context) -> Section:
     limit_s = ctx.scale(4.0, 2.0)
     with Processes(ctx.log_dir) as procs:
         emulator = start_emulator(procs, "outbound-emulator")
-        ways = asyncio.run(measure(emulator, rounds=rounds, count=count, limit_s=limit_s))
+        ways, sampled = asyncio.run(
+            measure(emulator, rounds=rounds, count=count, limit_s=limit_s, log_dir=ctx.log_dir)
+        )
     httpx_ours, aiohttp_ours, fresh, raw, other = ways
     # The default transport is the one compared with a client per message.
     ours = aiohttp_ours if DEFAULT_TRANSPORT == "aiohttp" else httpx_ours
@@ -245,7 +293,8 @@ caps the pooled rates.
             result=f"{ours.cpu_us:,.0f} µs ({DEFAULT_TRANSPORT}; httpx's own transport "
             f"{httpx_ours.cpu_us:,.0f} µs)",
             met=ours.cpu_us <= SEND_CPU_TARGET_US,
-            why=(
+            why=_sampled_why(sampled)
+            + (
                 f"The aiohttp transport costs {aiohttp_ours.cpu_us:,.0f} µs per send against "
                 f"{httpx_ours.cpu_us:,.0f} µs for httpx's own "
                 f"({ratio(httpx_ours.cpu_us / aiohttp_ours.cpu_us)} less), with the same httpx "
@@ -268,6 +317,7 @@ caps the pooled rates.
             ),
         )
     )
+    section.notes.extend(_sampled_notes(sampled))
     section.notes.append(
         f"Our client's own cost over a bare pooled httpx post: "
         f"{httpx_ours.cpu_us - raw.cpu_us:+,.0f} µs of CPU per call "
@@ -286,3 +336,65 @@ caps the pooled rates.
     )
     section.seconds = time.monotonic() - began
     return section
+
+
+def _sampled_rows(sampled: Dict[str, Optional[Sampled]]) -> List[Tuple[str, float, float]]:
+    """(package, the bare post's µs of Python per call, ours), the largest differences first."""
+    bare, ours = sampled.get("aiohttp"), sampled.get(f"ours-{DEFAULT_TRANSPORT}")
+    if bare is None or ours is None:
+        return []
+    names = set(bare.profile.by_bucket) | set(ours.profile.by_bucket)
+    rows = [
+        (
+            name,
+            bare.us_per_call(bare.profile.by_bucket.get(name, 0)),
+            ours.us_per_call(ours.profile.by_bucket.get(name, 0)),
+        )
+        for name in names
+    ]
+    return sorted(rows, key=lambda r: abs(r[2] - r[1]), reverse=True)
+
+
+def _sampled_notes(sampled: Dict[str, Optional[Sampled]]) -> List[str]:
+    bare, ours = sampled.get("aiohttp"), sampled.get(f"ours-{DEFAULT_TRANSPORT}")
+    rows = _sampled_rows(sampled)
+    if not rows or bare is None or ours is None:
+        return ["py-spy could not sample this process: no profile of a send this time."]
+    table = Table(["package", "bare aiohttp post: Python per call", "ours", "ours minus bare"])
+    for name, b, o in rows:
+        table.rows.append([name, f"{b:,.0f} µs", f"{o:,.0f} µs", f"{o - b:+,.0f} µs"])
+    total_b = bare.us_per_call(bare.profile.samples)
+    total_o = ours.us_per_call(ours.profile.samples)
+    table.rows.append(
+        ["**all**", f"{total_b:,.0f} µs", f"{total_o:,.0f} µs", f"{total_o - total_b:+,.0f} µs"]
+    )
+    frames = Table(["hottest innermost frames, ours", "Python per call"])
+    for name, count in ours.profile.top_frames.most_common(10):
+        frames.rows.append([name, f"{ours.us_per_call(count):,.0f} µs"])
+    return [
+        f"**Profile of a send.** After the rounds, ours on the default transport "
+        f"({ours.calls:,} calls) and the bare aiohttp post ({bare.calls:,}) ran once more each "
+        f"while py-spy sampled whichever thread of this process held the GIL ({PROFILE_HZ} Hz, "
+        "`--gil`), charged to the package of the innermost frame: time holding the GIL per "
+        "call, the loop's own share (asyncio's loop here) included, the kernel's socket work "
+        "not. It is wall time, so it also counts moments when another process (the emulator, "
+        "on these two cores) had the CPU while this one held the GIL: read the differences, "
+        "which both ways share, rather than the totals against the CPU column above.",
+        table.markdown(),
+        frames.markdown(),
+    ]
+
+
+def _sampled_why(sampled: Dict[str, Optional[Sampled]]) -> str:
+    rows = _sampled_rows(sampled)
+    bare, ours = sampled.get("aiohttp"), sampled.get(f"ours-{DEFAULT_TRANSPORT}")
+    if not rows or bare is None or ours is None:
+        return ""
+    total_b = bare.us_per_call(bare.profile.samples)
+    total_o = ours.us_per_call(ours.profile.samples)
+    top = ", ".join(f"{name} {o - b:+,.0f} µs" for name, b, o in rows[:4])
+    return (
+        f"In py-spy's samples of the GIL (the profile of a send below), ours ran "
+        f"{total_o:,.0f} µs of Python per call against {total_b:,.0f} µs for the bare aiohttp "
+        f"post; the differences: {top}. "
+    )

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 #: relative to ``sys.path`` (``sanic/http.py``, ``json/decoder.py``).
 BUCKETS: Tuple[Tuple[str, str], ...] = (
     ("zapi_channel (ours)", "zapi_channel/"),
-    ("bench stub (agent, bare handler)", "bench/"),
+    ("bench (stub agent, bare handler, load driver)", "bench/"),
     # Rasa validates every action server answer with jsonschema.validate (rasa/core/actions).
     ("jsonschema (Rasa's action-result validation)", "jsonschema/"),
     ("tensorflow / keras (the model)", "tensorflow/"),
@@ -151,9 +151,16 @@ def parse_collapsed(text: str) -> Profile:
     return profile
 
 
-def record(pid: int, seconds: float, out: Path, *, rate: int = 200) -> Optional[Profile]:
+def record(
+    pid: int, seconds: float, out: Path, *, rate: int = 200, gil: bool = False
+) -> Optional[Profile]:
     """Sample ``pid`` for ``seconds``, ``rate`` times a second; ``None`` if py-spy is missing or
-    not allowed to attach."""
+    not allowed to attach.
+
+    With ``gil``, only the thread holding the GIL is sampled: each sample is then 1/``rate`` s
+    of Python running (threads waiting in epoll, a queue or a C call that released the GIL are
+    left out), which makes two runs' samples per message comparable as CPU.
+    """
     tool = py_spy()
     if tool is None:
         return None
@@ -161,6 +168,7 @@ def record(pid: int, seconds: float, out: Path, *, rate: int = 200) -> Optional[
         [
             tool, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
             "--rate", str(rate), "--nonblocking", "--format", "raw", "--output", str(out),
+            *(["--gil"] if gil else []),
         ],
         capture_output=True, text=True, timeout=seconds + 60, check=False,
     )  # fmt: skip

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Tuple
 
 import httpx
 
-from bench import bodies, wrk
+from bench import bodies, trace, wrk
 from bench.common import Context, Server, start_server
 from bench.procs import Processes
 from bench.report import Section, Table, Target
@@ -57,6 +57,8 @@ class Run:
     drain_s: float = 0.0
     #: (seconds since the burst began, RSS MiB, messages handled so far)
     curve: List[Tuple[float, float, int]] = field(default_factory=list)
+    #: Where the burst's acks' time went inside the server (:mod:`bench.trace`).
+    trace: Dict[str, Any] = field(default_factory=dict)
 
 
 def stats(server: Server) -> Dict[str, Any]:
@@ -91,9 +93,12 @@ def measure(ctx: Context, server: Server, first: int, customers: int, deadline_s
     before = stats(server)
     start_handled = int(before["handled"])
     run.base_mib = rss() / 1024
+    trace.take(server)  # from here
     began = time.monotonic()
     burst(ctx, server, first, customers, run)
     run.burst_s = time.monotonic() - began
+    # The burst's acks (and the turns' commits that ran meanwhile), not the drain after it.
+    run.trace = trace.take(server)
     run.peak_mib = rss() / 1024
     run.curve.append((run.burst_s, run.peak_mib, handled(server) - start_handled))
     while time.monotonic() - began < deadline_s:
@@ -180,7 +185,8 @@ def run(ctx: Context) -> Section:
                 str(item.errors),
             ]
         )
-    worst = max(item.p99_ms for item in runs)
+    worst_run = max(runs, key=lambda item: item.p99_ms)
+    worst = worst_run.p99_ms
     first_big, second_big = runs[-2], runs[-1]
     biggest = second_big
     # Bounded: the second burst of the largest size reuses what the first one left.
@@ -215,8 +221,14 @@ burst of 200 customers comes first and is not counted.
             met=worst < ACK_P99_TARGET_MS,
             why=(
                 "Up to 100 customers in flight the ack stays at a couple of milliseconds: the "
-                "webhook only parses, commits to the state file and queues the turn. With "
-                "10,000, see the note below."
+                "webhook only parses, commits to the state file and queues the turn. "
+                + (
+                    f"With {worst_run.customers:,}: "
+                    + trace.explain(worst_run.trace, worst, ACK_P99_TARGET_MS)
+                    if worst >= ACK_P99_TARGET_MS and worst_run.trace
+                    else ""
+                )
+                + "See also the note below the trace."
             ),
         )
     )
@@ -240,20 +252,31 @@ burst of 200 customers comes first and is not counted.
         )
     )
     section.notes.append(
-        "Where the ack p99 of the largest bursts goes: the p50 stays at about a millisecond, "
-        "the ack itself. With thousands of messages, queues and tasks alive, Python's full "
-        "garbage collections walk all of them and stop the event loop meanwhile (the column "
-        "above, counted in `bench/server.py` with `gc.callbacks`), each stalling every "
-        "connection at once; and the state file's thread, which commits both the new messages "
-        "and the answered ones, takes the GIL from the loop more often while the turns run. "
-        "Already cut: a queued message no longer keeps Z-API's raw callback (a third less "
-        "memory per customer in flight). Not done: tuning the collector for a large backlog. "
-        "Measured and not kept: the commits that also checkpoint the WAL (one every thousand "
-        "pages, about every three thousand messages) take about 5 ms against 0.8 ms for the "
-        "median commit, and every webhook of their batch waits for them. Checkpointing from a "
-        "second connection in a thread of its own instead left those commits about as slow "
-        "(p99 4.3 against 5.2 ms, the slowest alike, 20,000 messages each): on this machine's "
-        "disk the checkpoint's flush and the commit's flush still wait for each other."
+        "**Where the bursts' acks' time went, inside the server** (`bench/trace.py`: each "
+        "burst's webhooks, timed by the benchmark server around our handler, the state file's "
+        "thread and the event loop, while the turns of the customers already in flight ran):"
+    )
+    section.notes.append(
+        trace.table(
+            [(f"{item.customers:,} customers", item.trace) for item in runs if item.trace]
+        ).markdown()
+    )
+    section.notes.append(
+        "What else holds an ack in the largest bursts: wrk keeps all its connections busy, so "
+        "an ack waits for the loop to get to it behind the other connections' webhooks and the "
+        "turns of the customers already in flight, which the handler's own time does not "
+        "count. With thousands of messages, queues and tasks alive, Python's full garbage "
+        "collections walk all of them and stop the event loop meanwhile (the column above, "
+        "counted in `bench/server.py` with `gc.callbacks`), each stalling every connection at "
+        "once. Already cut: a queued message no longer keeps Z-API's raw callback (a third "
+        "less memory per customer in flight); the answered marks and sent markers commit "
+        "without waiting for the disk (nobody waits for them), so only the webhooks' own "
+        "commits flush; and the state thread checkpoints the WAL between batches rather than "
+        "inside the commit that crosses SQLite's threshold, which every webhook of that batch "
+        "used to wait for (about 5 ms against 0.8 ms for a plain commit). Not done: tuning the "
+        "collector for a large backlog. Measured and not kept: checkpointing from a second "
+        "connection in a thread of its own (p99 4.3 against 5.2 ms, the slowest alike): on "
+        "this machine's disk the checkpoint's flush and the commit's flush wait for each other."
     )
     section.seconds = time.monotonic() - began
     return section

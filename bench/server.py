@@ -37,6 +37,7 @@ from sanic import Sanic, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
+from bench.stats import percentile
 from zapi_channel.channel import ZApiInput
 from zapi_channel.config import ChannelConfig
 
@@ -93,6 +94,107 @@ class FullCollections:
             "gc_full_max_ms": max(self.pauses_ms, default=0.0),
             "gc_objects": len(gc.get_objects()),
         }
+
+
+def _percentiles(values: List[float]) -> Dict[str, float]:
+    if not values:
+        return {"count": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+    return {
+        "count": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
+
+
+class AckTrace:
+    """Where our channel's ack time goes, from inside the server: each webhook's handler time,
+    each commit of the state file's thread (how many operations it held, whether anyone waited
+    for it), each checkpoint of its WAL, and how late the event loop woke up for a 1 ms timer
+    (anything that held the loop: a full GC, a long callback, the GIL held by another thread).
+
+    Only the benchmark server measures this, by wrapping the objects of one channel instance
+    after start-up; the channel itself carries none of it. ``GET /_bench/trace`` returns the
+    figures since the last call and starts again.
+    """
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.handler_ms: List[float] = []
+        self.commit_ms: List[float] = []
+        self.waited_ms: List[float] = []
+        self.commit_ops: List[int] = []
+        self.unflushed = 0
+        self.checkpoint_ms: List[float] = []
+        self.loop_late_ms: List[float] = []
+
+    def wrap(self, channel: ZApiInput) -> None:
+        receive = channel._receive
+
+        async def timed(request: Request) -> HTTPResponse:
+            started = time.perf_counter()
+            try:
+                return await receive(request)
+            finally:
+                self.handler_ms.append((time.perf_counter() - started) * 1000)
+
+        channel._receive = timed  # type: ignore[method-assign]
+        thread = getattr(channel.delivery, "_thread", None)
+        if thread is None:
+            return  # the Redis delivery: no state file
+        execute, checkpoint, call = thread._execute, thread._maybe_checkpoint, thread.call
+
+        async def timed_call(operation: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await call(operation)
+            finally:
+                self.waited_ms.append((time.perf_counter() - started) * 1000)
+
+        thread.call = timed_call
+
+        def timed_execute(connection: Any, batch: Any) -> Any:
+            started = time.perf_counter()
+            outcome = execute(connection, batch)
+            self.commit_ms.append((time.perf_counter() - started) * 1000)
+            self.commit_ops.append(len(batch))
+            if all(isinstance(sink, str) for _, sink in batch):
+                self.unflushed += 1
+            return outcome
+
+        def timed_checkpoint(connection: Any) -> None:
+            before, started = thread.checkpoints, time.perf_counter()
+            checkpoint(connection)
+            if thread.checkpoints != before:
+                self.checkpoint_ms.append((time.perf_counter() - started) * 1000)
+
+        # The thread looks both up on the instance at every batch.
+        thread._execute, thread._maybe_checkpoint = timed_execute, timed_checkpoint
+
+    async def watch_loop(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            late = (time.perf_counter() - started) * 1000 - 1.0
+            if late >= 1.0:
+                self.loop_late_ms.append(late)
+
+    def take(self) -> Dict[str, Any]:
+        found = {
+            "handler_ms": _percentiles(self.handler_ms),
+            "commit_ms": _percentiles(self.commit_ms),
+            "waited_ms": _percentiles(self.waited_ms),
+            "commit_ops_max": max(self.commit_ops, default=0),
+            "commits_unflushed": self.unflushed,
+            "checkpoint_ms": _percentiles(self.checkpoint_ms),
+            # Only wake-ups at least 1 ms late are kept: the count is of stalls, not of timers.
+            "loop_late_ms": _percentiles(self.loop_late_ms),
+            "loop_late_over_5ms": sum(1 for v in self.loop_late_ms if v >= 5.0),
+        }
+        self._clear()
+        return found
 
 
 def loopback_trap(kind: str) -> socket.socket:
@@ -179,11 +281,20 @@ def build_app(args: argparse.Namespace, agent: StubAgent, collections: FullColle
         return response.json({"handled": agent.handled, **collections.stats()})
 
     app.add_route(stats, "/_bench/stats", methods=["GET"])
+    trace = AckTrace()
+
+    async def take_trace(request: Request) -> HTTPResponse:
+        return response.json(trace.take())
+
+    app.add_route(take_trace, "/_bench/trace", methods=["GET"])
 
     async def count_from_here(app: Sanic, loop: Any) -> None:
         # Registered after the channel's listeners, so it runs after them: our channel collects
         # and freezes once at start (zapi_channel/channel.py), which is starting up, not serving.
         collections.pauses_ms.clear()
+        if isinstance(channel, ZApiInput):
+            trace.wrap(channel)
+            app.ctx.loop_watch = loop.create_task(trace.watch_loop())
 
     app.register_listener(count_from_here, "after_server_start")
     return app
