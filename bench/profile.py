@@ -50,6 +50,17 @@ BUCKETS: Tuple[Tuple[str, str], ...] = (
 )
 
 
+#: Buckets of the work a channel hands to Rasa: the same whichever channel brought the message.
+RASA_SIDE = frozenset(
+    {
+        "rasa",
+        "jsonschema (Rasa's action-result validation)",
+        "tensorflow / keras (the model)",
+        "numpy / scipy",
+    }
+)
+
+
 def py_spy() -> Optional[str]:
     found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return found if os.path.exists(found) else None
@@ -62,6 +73,10 @@ class Profile:
     by_bucket: Counter[str] = field(default_factory=Counter)
     #: Our functions (``function (file)``) by inclusive samples.
     ours_inclusive: Counter[str] = field(default_factory=Counter)
+    #: The same, leaving out samples whose innermost frame is Rasa's or the model's: what our
+    #: functions cost themselves and through the libraries they call, not the turn they hand
+    #: to Rasa.
+    ours_own: Counter[str] = field(default_factory=Counter)
     #: Innermost frames by self samples.
     top_frames: Counter[str] = field(default_factory=Counter)
     #: Samples in aiohttp code that no Rasa or zapi_channel frame called: the event loop's
@@ -132,7 +147,8 @@ def parse_collapsed(text: str) -> Profile:
         if not frames:
             continue
         profile.samples += count
-        profile.by_bucket[bucket_of(frames)] += count
+        bucket = bucket_of(frames)
+        profile.by_bucket[bucket] += count
         profile.top_frames[_short(frames[-1])] += count
         files = [file_of(frame) for frame in frames]
         if any(_in(f, "aiohttp/") for f in files) and not any(
@@ -148,6 +164,8 @@ def parse_collapsed(text: str) -> Profile:
                 if key not in seen:
                     seen.add(key)
                     profile.ours_inclusive[key] += count
+                    if bucket not in RASA_SIDE:
+                        profile.ours_own[key] += count
     return profile
 
 
