@@ -157,7 +157,11 @@ def run(ctx: Context) -> Section:
         sampled: Dict[str, Optional[profile.Profile]] = {}
         sampler = threading.Thread(
             target=lambda: sampled.update(
-                p=profile.record(zapi.process.pid, seconds, ctx.log_dir / "ingest-zapi.pyspy")
+                # Only the GIL's holder: without it py-spy also samples the state thread
+                # waiting on its queue or the disk, and the loop waiting in epoll.
+                p=profile.record(
+                    zapi.process.pid, seconds, ctx.log_dir / "ingest-zapi.pyspy", gil=True
+                )
             )
         )
         sampler.start()
@@ -238,7 +242,9 @@ machine takes CPU away, so its ratio is the steadier estimate of what our channe
         rows = profile.summary_rows(prof)
         section.notes.append(
             f"**Profile of our server under the same load** (py-spy {prof.samples} samples at "
-            "200 Hz, innermost frame charged to its package; raw output in the log folder):"
+            "200 Hz of whichever thread held the GIL, `--gil`, so a thread waiting on a queue, "
+            "the disk or epoll is not in it; innermost frame charged to its package; raw output "
+            "in the log folder):"
         )
         section.notes.append(Table(["package", "self time"], rows["buckets"]).markdown())
         section.notes.append(
@@ -271,7 +277,8 @@ def _why(share: float, bare_us: float, ours_us: float, prof: Optional[profile.Pr
         if not name.startswith(("receive ", "_receive "))
     )
     text += (
-        f" Our own code is {own:.0%} of the server's samples, about {own_us:.0f} µs per request "
+        f" Our own code is {own:.0%} of the server's samples of the GIL, about {own_us:.0f} µs "
+        "per request "
         f"(inclusive: {functions}). Already cut after earlier profiles: the lone-surrogate walk "
         "runs only when the raw bytes could hold one, the token is compared with the raw query "
         "string before sanic parses it, and the parser checks against `dict` rather than "
