@@ -652,6 +652,9 @@ class GilSample:
     messages: int
     profile: profile.Profile
     rate: int
+    #: The process's user and system CPU per message (ms) through the same burst.
+    user_ms: float = 0.0
+    system_ms: float = 0.0
 
     def ms_per_message(self, samples: int) -> float:
         return 1000 * samples / self.rate / self.messages
@@ -681,12 +684,20 @@ def _gil_burst(
     )
     sampler.start()
     time.sleep(1.0)  # py-spy attaches before the burst begins
+    user, system = bench.stack.rasa.cpu_split()
     bench.settled_cpu(channel, count)
+    user_after, system_after = bench.stack.rasa.cpu_split()
     sampler.join(seconds + 90)
     found = sampled.get("p")
     if found is None or not found.samples:
         return None
-    return GilSample(messages=count, profile=found, rate=SEND_SAMPLING_HZ)
+    return GilSample(
+        messages=count,
+        profile=found,
+        rate=SEND_SAMPLING_HZ,
+        user_ms=1000 * (user_after - user) / count,
+        system_ms=1000 * (system_after - system) / count,
+    )
 
 
 def _held_rows(held: Dict[str, Optional[GilSample]]) -> List[Tuple[str, float, float]]:
@@ -722,6 +733,11 @@ def _held_notes(held: Dict[str, Optional[GilSample]]) -> List[str]:
             f"{ours.total_ms - rest.total_ms:+.2f} ms",
         ]
     )
+    for what, r, o in (
+        ("the process's user CPU, same burst (`/proc`)", rest.user_ms, ours.user_ms),
+        ("the process's system CPU (the kernel's work for it)", rest.system_ms, ours.system_ms),
+    ):
+        table.rows.append([what, f"{r:.2f} ms", f"{o:.2f} ms", f"{o - r:+.2f} ms"])
     functions = Table(
         ["our function (inclusive, without the turn's work in Rasa)", "Python per message"]
     )
@@ -753,7 +769,15 @@ def _held_why(held: Dict[str, Optional[GilSample]]) -> str:
     by_name = {name: (r, o) for name, r, o in rows}
     only_ours = _diff(by_name, "zapi_channel") + _diff(by_name, "httpx")
     rasa_side = sum(o - r for name, (r, o) in by_name.items() if name in profile.RASA_SIDE)
-    return (
+    cpu = (
+        f" Through the same bursts the process's user CPU differed by "
+        f"{ours.user_ms - rest.user_ms:+.2f} ms per message and its system CPU by "
+        f"{ours.system_ms - rest.system_ms:+.2f} ms: what the Python samples leave out is work "
+        "without the GIL (SQLite's own C code and the disk flush in the state thread, the "
+        "model's kernels) and the kernel's (socket writes and reads for the sends, the state "
+        "thread's wake-ups and flushes)."
+    )
+    text = (
         f" In py-spy's samples of the GIL (the profile of the difference below), our burst ran "
         f"{ours.total_ms - rest.total_ms:+.2f} ms more Python per message than rest's "
         f"({ours.total_ms:.2f} against {rest.total_ms:.2f} ms); the largest differences: "
@@ -766,6 +790,7 @@ def _held_why(held: Dict[str, Optional[GilSample]]) -> str:
         "the GIL is held, so this measure moves when another process takes the core, and our "
         "burst shares the two cores with the emulator taking its sends."
     )
+    return text + cpu
 
 
 def _diff(by_name: Dict[str, Tuple[float, float]], prefix: str) -> float:

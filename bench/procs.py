@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from scripts.children import child_dies_with_parent, stop_group, wait_http
 
@@ -82,8 +82,13 @@ class Process:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (``/proc/PID/stat`` fields 14 and 15)."""
+        user, system = self.cpu_split()
+        return user + system
+
+    def cpu_split(self) -> Tuple[float, float]:
+        """User and system (the kernel's work for it) CPU seconds of the process so far."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
     def stop(self, timeout: float = 15) -> Optional[int]:
         returncode = stop_group(self.proc, timeout)
