@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -310,19 +309,13 @@ def run(ctx: Context) -> List[Section]:
         # answered (bounded wait). py-spy watches rasa meanwhile: what keeps its loop busy?
         overload_began = time.monotonic()
         overload_rate = 2 * capacity["zapi"]
-        sampled: Dict[str, Optional[profile.Profile]] = {}
-        sampler = threading.Thread(
-            target=lambda: sampled.update(
-                p=profile.record(
-                    stack.rasa.pid, overload_seconds, ctx.log_dir / "overload-rasa.pyspy"
-                )
-            )
+        sampler = profile.Background(
+            stack.rasa.pid, overload_seconds, ctx.log_dir / "overload-rasa.pyspy"
         )
-        sampler.start()
         overload_zapi = bench.zapi(
             rate_=overload_rate, seconds=overload_seconds, deadline_s=backlog_s
         )
-        sampler.join(overload_seconds + 90)
+        overload_profile = sampler.join()
         clear_emulator(stack.emulator_url)
         overload_rest = bench.rest(
             rate_=overload_rate, seconds=overload_seconds, deadline_s=backlog_s
@@ -350,7 +343,7 @@ def run(ctx: Context) -> List[Section]:
             overload_rate,
             capacity["zapi"],
             what_if,
-            sampled.get("p"),
+            overload_profile,
         ),
         _e2e_section(
             bursts,
@@ -618,23 +611,13 @@ def _sample_sends(bench: Bench, ctx: Context, count: int, capacity: float) -> Op
     """py-spy samples ``rasa run`` while a burst of ours is answered: the time its samples
     under ``ZApiClient.send`` stand for, over the burst's sends."""
     seconds = 2 * count / max(capacity, 1.0) + 5
-    sampled: Dict[str, Optional[profile.Profile]] = {}
-    sampler = threading.Thread(
-        target=lambda: sampled.update(
-            p=profile.record(
-                bench.stack.rasa.pid,
-                seconds,
-                ctx.log_dir / "sends-rasa.pyspy",
-                rate=SEND_SAMPLING_HZ,
-            )
-        )
+    sampler = profile.Background(
+        bench.stack.rasa.pid, seconds, ctx.log_dir / "sends-rasa.pyspy", rate=SEND_SAMPLING_HZ
     )
-    sampler.start()
     time.sleep(1.0)  # py-spy attaches before the burst begins
     cpu_ms = bench.settled_cpu("zapi", count)
-    sampler.join(seconds + 90)
-    found = sampled.get("p")
-    if found is None or not found.samples:
+    found = sampler.join()
+    if found is None:
         return None
     return SendSample(
         cpu_ms_per_message=cpu_ms,
@@ -670,26 +653,19 @@ def _gil_burst(
     """A burst of ``count`` new customers on ``channel`` while py-spy samples whichever thread
     of ``rasa run`` holds the GIL."""
     seconds = 2 * count / max(capacity, 1.0) + 5
-    sampled: Dict[str, Optional[profile.Profile]] = {}
-    sampler = threading.Thread(
-        target=lambda: sampled.update(
-            p=profile.record(
-                bench.stack.rasa.pid,
-                seconds,
-                ctx.log_dir / f"held-{channel}-rasa.pyspy",
-                rate=SEND_SAMPLING_HZ,
-                gil=True,
-            )
-        )
+    sampler = profile.Background(
+        bench.stack.rasa.pid,
+        seconds,
+        ctx.log_dir / f"held-{channel}-rasa.pyspy",
+        rate=SEND_SAMPLING_HZ,
+        gil=True,
     )
-    sampler.start()
     time.sleep(1.0)  # py-spy attaches before the burst begins
     user, system = bench.stack.rasa.cpu_split()
     bench.settled_cpu(channel, count)
     user_after, system_after = bench.stack.rasa.cpu_split()
-    sampler.join(seconds + 90)
-    found = sampled.get("p")
-    if found is None or not found.samples:
+    found = sampler.join()
+    if found is None:
         return None
     return GilSample(
         messages=count,
@@ -705,16 +681,7 @@ def _held_rows(held: Dict[str, Optional[GilSample]]) -> List[Tuple[str, float, f
     rest, ours = held.get("rest"), held.get("zapi")
     if rest is None or ours is None:
         return []
-    names = set(rest.profile.by_bucket) | set(ours.profile.by_bucket)
-    rows = [
-        (
-            name,
-            rest.ms_per_message(rest.profile.by_bucket.get(name, 0)),
-            ours.ms_per_message(ours.profile.by_bucket.get(name, 0)),
-        )
-        for name in names
-    ]
-    return sorted(rows, key=lambda r: abs(r[2] - r[1]), reverse=True)
+    return profile.compare(rest.profile, ours.profile, rest.ms_per_message, ours.ms_per_message)
 
 
 def _held_notes(held: Dict[str, Optional[GilSample]]) -> List[str]:

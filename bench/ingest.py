@@ -11,7 +11,6 @@ Redis server is at hand. Every request carries a new messageId and sender.
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -154,20 +153,13 @@ def run(ctx: Context) -> Section:
                 first += 1_000_000
         # One more run of ours under py-spy, not counted: where does its CPU go?
         zapi = servers["zapi"]
-        sampled: Dict[str, Optional[profile.Profile]] = {}
-        sampler = threading.Thread(
-            target=lambda: sampled.update(
-                # Only the GIL's holder: without it py-spy also samples the state thread
-                # waiting on its queue or the disk, and the loop waiting in epoll.
-                p=profile.record(
-                    zapi.process.pid, seconds, ctx.log_dir / "ingest-zapi.pyspy", gil=True
-                )
-            )
+        # Only the GIL's holder: without it py-spy also samples the state thread waiting on its
+        # queue or the disk, and the loop waiting in epoll.
+        sampler = profile.Background(
+            zapi.process.pid, seconds, ctx.log_dir / "ingest-zapi.pyspy", gil=True
         )
-        sampler.start()
         load(ctx, zapi, first=first, seconds=seconds + 1)
-        sampler.join(seconds + 90)
-        prof = sampled.get("p")
+        prof = sampler.join()
 
     bare, ours = runs["bare"], runs["zapi"]
     share = ours.rate / bare.rate

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,19 +120,12 @@ class Sampled:
 async def sample(send: Send, *, seconds: float, first: int, out: Path) -> Optional[Sampled]:
     """``send`` for ``seconds`` while py-spy samples whichever thread of this process holds the
     GIL: the send's Python, charged to the packages that run it."""
-    found: Dict[str, Optional[profile.Profile]] = {}
-    sampler = threading.Thread(
-        target=lambda: found.update(
-            p=profile.record(os.getpid(), seconds + 1.5, out, rate=PROFILE_HZ, gil=True)
-        )
-    )
-    sampler.start()
+    sampler = profile.Background(os.getpid(), seconds + 1.5, out, rate=PROFILE_HZ, gil=True)
     await asyncio.sleep(0.5)  # py-spy attaches first
     done = await drive(send, count=10**7, limit_s=seconds, first=first)
-    # The sampler waits in a thread; the loop stays free meanwhile.
-    await asyncio.get_running_loop().run_in_executor(None, sampler.join, seconds + 60)
-    prof = found.get("p")
-    if prof is None or not prof.samples:
+    # Joined in another thread: the loop stays free meanwhile.
+    prof = await asyncio.get_running_loop().run_in_executor(None, sampler.join)
+    if prof is None:
         return None
     return Sampled(calls=done.calls, profile=prof)
 
@@ -343,16 +335,7 @@ def _sampled_rows(sampled: Dict[str, Optional[Sampled]]) -> List[Tuple[str, floa
     bare, ours = sampled.get("aiohttp"), sampled.get(f"ours-{DEFAULT_TRANSPORT}")
     if bare is None or ours is None:
         return []
-    names = set(bare.profile.by_bucket) | set(ours.profile.by_bucket)
-    rows = [
-        (
-            name,
-            bare.us_per_call(bare.profile.by_bucket.get(name, 0)),
-            ours.us_per_call(ours.profile.by_bucket.get(name, 0)),
-        )
-        for name in names
-    ]
-    return sorted(rows, key=lambda r: abs(r[2] - r[1]), reverse=True)
+    return profile.compare(bare.profile, ours.profile, bare.us_per_call, ours.us_per_call)
 
 
 def _sampled_notes(sampled: Dict[str, Optional[Sampled]]) -> List[str]:

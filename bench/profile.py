@@ -12,10 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 #: Buckets, first match wins: (name, how the frame's file path starts). py-spy prints paths
 #: relative to ``sys.path`` (``sanic/http.py``, ``json/decoder.py``).
@@ -194,6 +195,49 @@ def record(
         (out.parent / (out.name + ".err")).write_text(result.stdout + result.stderr)
         return None
     return parse_collapsed(out.read_text())
+
+
+class Background:
+    """:func:`record` in a thread of its own, while the caller makes the load it samples::
+
+    sampler = Background(pid, seconds, out)
+    ...  # the load
+    found = sampler.join()
+    """
+
+    def __init__(
+        self, pid: int, seconds: float, out: Path, *, rate: int = 200, gil: bool = False
+    ) -> None:
+        self.seconds = seconds
+        self._found: List[Optional[Profile]] = [None]
+        self._thread = threading.Thread(
+            target=lambda: self._found.__setitem__(
+                0, record(pid, seconds, out, rate=rate, gil=gil)
+            ),
+            daemon=True,
+        )
+        self._thread.start()
+
+    def join(self) -> Optional[Profile]:
+        """The profile once py-spy is done; ``None`` if it could not sample or took too long."""
+        self._thread.join(self.seconds + 90)
+        found = self._found[0]
+        return found if found is not None and found.samples else None
+
+
+def compare(
+    base: Profile,
+    ours: Profile,
+    base_unit: Callable[[int], float],
+    ours_unit: Callable[[int], float],
+) -> List[Tuple[str, float, float]]:
+    """(package, the baseline's self time, ours), each turned into a unit of its own run (time
+    per message, per call), the largest differences first."""
+    rows = [
+        (name, base_unit(base.by_bucket.get(name, 0)), ours_unit(ours.by_bucket.get(name, 0)))
+        for name in set(base.by_bucket) | set(ours.by_bucket)
+    ]
+    return sorted(rows, key=lambda r: abs(r[2] - r[1]), reverse=True)
 
 
 def summary_rows(profile: Profile, top: int = 8) -> Dict[str, List[Sequence[str]]]:
