@@ -90,10 +90,32 @@ class Process:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
+    def thread_cpu(self) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+        """User and system CPU seconds so far of the main thread (the event loop's, whose id is
+        the pid) and of all the others together (``/proc/PID/task/TID/stat``)."""
+        main, others = [0.0, 0.0], [0.0, 0.0]
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread ended meanwhile
+            into = main if task.name == str(self.pid) else others
+            into[0] += int(fields[11]) / CLOCK_TICKS
+            into[1] += int(fields[12]) / CLOCK_TICKS
+        return (main[0], main[1]), (others[0], others[1])
+
     def stop(self, timeout: float = 15) -> Optional[int]:
         returncode = stop_group(self.proc, timeout)
         self._log.close()
         return returncode
+
+
+def machine_busy() -> Tuple[int, int]:
+    """(busy, total) jiffies of every CPU since boot (``/proc/stat``): the difference of two
+    readings says how much of the machine was in use in between."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle and iowait
+    return sum(values) - idle, sum(values)
 
 
 class Processes:

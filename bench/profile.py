@@ -80,6 +80,9 @@ class Profile:
     ours_own: Counter[str] = field(default_factory=Counter)
     #: Innermost frames by self samples.
     top_frames: Counter[str] = field(default_factory=Counter)
+    #: Samples by thread name (``MainThread`` is the event loop's; ``zapi-channel-state`` the
+    #: state file's): with ``--gil``, each thread's share of the time it held the GIL.
+    by_thread: Counter[str] = field(default_factory=Counter)
     #: Samples in aiohttp code that no Rasa or zapi_channel frame called: the event loop's
     #: callbacks into aiohttp's protocol, which read answers for whichever client sent them.
     loose_aiohttp: int = 0
@@ -143,11 +146,15 @@ def parse_collapsed(text: str) -> Profile:
             continue
         count = int(count_text)
         frames = stack.split(";")
+        thread = next((f for f in frames if f.startswith("thread (")), "")
         # The first frame is the thread ("process 123:\"python ...\"" or "thread (0x...)").
         frames = [f for f in frames if "(" in f and not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         profile.samples += count
+        if thread:
+            # "thread (0x7F8D...): MainThread" -> "MainThread"
+            profile.by_thread[thread.partition("): ")[2] or thread] += count
         bucket = bucket_of(frames)
         profile.by_bucket[bucket] += count
         profile.top_frames[_short(frames[-1])] += count
@@ -187,7 +194,7 @@ def record(
         [
             tool, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
             "--rate", str(rate), "--nonblocking", "--format", "raw", "--output", str(out),
-            *(["--gil"] if gil else []),
+            "--threads", *(["--gil"] if gil else []),
         ],
         capture_output=True, text=True, timeout=seconds + 60, check=False,
     )  # fmt: skip
