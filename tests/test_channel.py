@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import threading
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -854,6 +855,25 @@ async def test_connection_callbacks_flip_the_health_json_and_a_drop_is_one_error
     assert "zapi-channel restart" in drops[0].getMessage()
     await harness.post(callback("connected"))
     assert (await harness.http.get("/webhooks/zapi/")).json()["whatsapp"] == "connected"
+
+
+async def test_the_client_is_built_in_a_worker_thread_when_the_server_starts(
+    make_harness: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Either transport loads certifi's CA bundle when it is built (about 30 ms): on the event
+    # loop, at the first send, that would hold up every webhook then arriving.
+    built_in: List[int] = []
+    build = ZApiInput._new_client
+
+    def recording(channel: ZApiInput) -> Any:
+        built_in.append(threading.get_ident())
+        return build(channel)
+
+    monkeypatch.setattr(ZApiInput, "_new_client", recording)
+    harness = await make_harness(http_transport="aiohttp")
+    assert harness.channel._client is not None
+    assert len(built_in) == 1 and built_in[0] != threading.get_ident()
+    assert harness.channel.client is harness.channel._client  # the send uses that one
 
 
 # -- Z-API's queue for a disconnected phone -------------------------------------------------------

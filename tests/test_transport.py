@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import json
 import logging
+import ssl
 from typing import Any, AsyncIterator, Dict, List
 
 import httpx
@@ -263,3 +264,20 @@ async def test_the_aiohttp_session_is_made_in_the_running_loop_and_closed() -> N
     transport = AiohttpTransport()
     assert "max_connections=50" in repr(transport)
     await transport.aclose()  # closing before any request is fine
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_ca_bundle_is_loaded_when_the_client_is_built_not_at_its_first_send(
+    fake: Any, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # About 30 ms of parsing certifi's bundle: at the first send it would stall every webhook
+    # waiting on the event loop. The channel builds its client in a worker thread instead.
+    client = client_for(fake.url, transport)
+
+    def refuse(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        raise AssertionError("a TLS context was made at a send")
+
+    monkeypatch.setattr(ssl, "create_default_context", refuse)
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", refuse)
+    async with client:
+        assert (await client.send_text(PHONE, "first")).message_id == "M1"

@@ -338,18 +338,30 @@ class ZApiInput(InputChannel):
 
     @property
     def client(self) -> ZApiClient:
-        # Built on first use so that it lives in the server's event loop, not the one (if any)
-        # Rasa used while loading credentials.
+        # Built at server start (see _build_client), or on first use before that: it lives in
+        # the server's event loop, not the one (if any) Rasa used while loading credentials.
         if self._client is None:
-            self._client = ZApiClient(
-                self.config.credentials,
-                http_client=self._http_client,
-                timeout=self.config.timeout_seconds,
-                retry=RetryPolicy(attempts=self.config.retry_attempts),
-                on_retry=self.metrics.retried,
-                transport=self.config.http_transport,
-            )
+            self._client = self._new_client()
         return self._client
+
+    def _new_client(self) -> ZApiClient:
+        return ZApiClient(
+            self.config.credentials,
+            http_client=self._http_client,
+            timeout=self.config.timeout_seconds,
+            retry=RetryPolicy(attempts=self.config.retry_attempts),
+            on_retry=self.metrics.retried,
+            transport=self.config.http_transport,
+        )
+
+    async def _build_client(self) -> None:
+        """Build the client in a worker thread: either transport loads certifi's CA bundle when
+        it is built (about 30 ms), and the server is already taking webhooks on this loop."""
+        if self._client is not None:
+            return
+        client = await asyncio.get_running_loop().run_in_executor(None, self._new_client)
+        if self._client is None:  # nothing used the property meanwhile
+            self._client = client
 
     def get_output_channel(
         self, message_key: Optional[str] = None, message: Optional[InboundMessage] = None
@@ -782,6 +794,7 @@ class ZApiInput(InputChannel):
             agent = getattr(app.ctx, "agent", None)
             if RasaConversations.supports(agent):
                 self.conversations = RasaConversations(agent)
+            await self._build_client()  # before the turns resumed from the state send anything
             await self.delivery.start(run_turn)
             if self.config.queue_when_disconnected is not None:
                 # Not awaited: Z-API being slow or down must not hold up the webhook.

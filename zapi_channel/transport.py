@@ -76,11 +76,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """Sends httpx requests with one pooled :class:`aiohttp.ClientSession`.
 
     The session is made on the first request: aiohttp binds it to the running event loop, and
-    the channel is built before Rasa's server loop starts.
+    the channel is built before Rasa's server loop starts. The TLS context is made here instead:
+    loading certifi's CA bundle takes about 30 ms, which on the first send would hold up every
+    webhook waiting on the event loop (the channel builds its client in a worker thread).
     """
 
     def __init__(self, *, max_connections: int = 50) -> None:
         self._limit = max_connections
+        self._tls = ssl.create_default_context(cafile=certifi.where())
         self._session: Optional[aiohttp.ClientSession] = None
         # The proxy variables as they were when the session opened, and what they say for each
         # (scheme, host) asked so far: a bot calls one host, so this stays one entry or two.
@@ -96,7 +99,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit=self._limit,
                 keepalive_timeout=KEEPALIVE_SECONDS,
                 enable_cleanup_closed=True,
-                ssl=ssl.create_default_context(cafile=certifi.where()),
+                ssl=self._tls,
             )
             # No cookies kept between calls and no decompression here (httpx does it). Proxies
             # are read here, once, rather than by trust_env on every request (module docstring);
