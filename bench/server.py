@@ -191,6 +191,10 @@ class AckTrace:
             "commit_ms": _percentiles(self.commit_ms),
             "waited_ms": _percentiles(self.waited_ms),
             "commit_ops_max": max(self.commit_ops, default=0),
+            # Together, how much of the time the state thread spent in its batches (statements
+            # and commit), and how many operations a batch held on average.
+            "commit_ms_sum": sum(self.commit_ms),
+            "commit_ops_sum": sum(self.commit_ops),
             "commits_unflushed": self.unflushed,
             "checkpoint_ms": _percentiles(self.checkpoint_ms),
             # Only wake-ups at least 1 ms late are kept: the count is of stalls, not of timers.
