@@ -110,7 +110,7 @@ def _percentiles(values: Sequence[float]) -> Dict[str, float]:
 
 class AckTrace:
     """Where our channel's ack time goes, from inside the server: each webhook's handler time,
-    each commit of the state file's thread (how many operations it held, whether anyone waited
+    each commit of the state file's writer (how many operations it held, whether anyone waited
     for it), each checkpoint of its WAL, and how late the event loop woke up for a 1 ms timer
     (anything that held the loop: a full GC, a long callback, the GIL held by another thread).
 
@@ -148,7 +148,7 @@ class AckTrace:
         thread = getattr(channel.delivery, "_thread", None)
         if thread is None:
             return  # the Redis delivery: no state file
-        execute, checkpoint, call = thread._execute, thread._maybe_checkpoint, thread.call
+        call = thread.call
 
         async def timed_call(operation: Any) -> Any:
             started = time.perf_counter()
@@ -159,23 +159,17 @@ class AckTrace:
 
         thread.call = timed_call
 
-        def timed_execute(connection: Any, batch: Any) -> Any:
-            started = time.perf_counter()
-            outcome = execute(connection, batch)
-            self.commit_ms.append((time.perf_counter() - started) * 1000)
-            self.commit_ops.append(len(batch))
-            if all(isinstance(sink, str) for _, sink in batch):
+        def batch(seconds: float, operations: int, awaited: bool) -> None:
+            # Told by the writer (a process of its own: its own clock of the batch) or thread.
+            self.commit_ms.append(seconds * 1000)
+            self.commit_ops.append(operations)
+            if not awaited:
                 self.unflushed += 1
-            return outcome
 
-        def timed_checkpoint(connection: Any) -> None:
-            before, started = thread.checkpoints, time.perf_counter()
-            checkpoint(connection)
-            if thread.checkpoints != before:
-                self.checkpoint_ms.append((time.perf_counter() - started) * 1000)
+        def checkpoint(seconds: float) -> None:
+            self.checkpoint_ms.append(seconds * 1000)
 
-        # The thread looks both up on the instance at every batch.
-        thread._execute, thread._maybe_checkpoint = timed_execute, timed_checkpoint
+        thread.on_batch, thread.on_checkpoint = batch, checkpoint
 
     async def watch_loop(self) -> None:
         while True:
@@ -191,7 +185,7 @@ class AckTrace:
             "commit_ms": _percentiles(self.commit_ms),
             "waited_ms": _percentiles(self.waited_ms),
             "commit_ops_max": max(self.commit_ops, default=0),
-            # Together, how much of the time the state thread spent in its batches (statements
+            # Together, how much of the time the writer spent in its batches (statements
             # and commit), and how many operations a batch held on average.
             "commit_ms_sum": sum(self.commit_ms),
             "commit_ops_sum": sum(self.commit_ops),
