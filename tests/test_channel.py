@@ -17,6 +17,7 @@ import pytest
 import respx
 from rasa.core.channels.channel import UserMessage, register
 
+from tests import sql_ops
 from tests.conftest import SECRETS, WEBHOOK_TOKEN, channel_block
 from tests.livesanic import new_app, serving
 from zapi_channel.channel import ZApiInput, ZApiOutput
@@ -411,7 +412,7 @@ async def test_unanswered_messages_survive_a_stop_and_are_answered_on_the_next_s
     await second.settle()
     assert [m.text for m in second.agent.messages] == ["m0", "m1", "m2", "m3"]
     # "Answered" is committed after the turn, not awaited by it: a call queued now commits after.
-    await second.channel.delivery._thread.call(lambda db: None)
+    await second.channel.delivery._thread.call(sql_ops.nothing)
     assert inbox_rows(tmp_path / "state.db") == 0
     # Z-API redelivering one of them now is recognised as a duplicate; the refused one is new.
     again = await second.post(with_id(base, "K1", "m1"))

@@ -11,11 +11,13 @@ import contextlib
 import time
 import uuid
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 import pytest
 
+from tests import sql_ops
 from tests.livesanic import free_port
 from zapi_channel.delivery import FAILED, Delivery
 from zapi_channel.delivery.embedded import EmbeddedDelivery
@@ -56,7 +58,7 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         if request.param == "embedded":
             embedded = EmbeddedDelivery(tmp_path / f"{store}.db", **options)
             if broken:
-                embedded._thread.run(lambda db: db.execute("PRAGMA query_only = ON"))
+                embedded._thread.run(partial(sql_ops.execute, sql="PRAGMA query_only = ON"))
             delivery = embedded
         else:
             options.setdefault("partitions", 2)

@@ -7,14 +7,19 @@ import json
 import os
 import sqlite3
 import stat
+import time
 from contextlib import closing
+from functools import partial
 from pathlib import Path
+from typing import List
 
 import pytest
 
+from tests import sql_ops
 from tests.test_delivery_contract import message
 from zapi_channel.delivery.embedded import SCHEMA_VERSION, EmbeddedDelivery, EmbeddedJournal
 from zapi_channel.errors import StateCorrupt, StateInUse, StateUnavailable
+from zapi_channel.inbound import InboundMessage
 
 
 @pytest.fixture
@@ -98,22 +103,16 @@ async def test_a_full_disk_keeps_nothing_and_recovers(delivery: EmbeddedDelivery
     big = message(1)
     big.metadata["padding"] = "x" * 64_000  # needs new pages: the "disk" has none left
 
-    def fill(db: sqlite3.Connection) -> None:
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        db.execute(f"PRAGMA max_page_count = {pages}")
-
-    await delivery._thread.call(fill)
+    await delivery._thread.call(sql_ops.fill_the_disk)
     with pytest.raises(StateUnavailable, match="full"):
         await delivery.accept(big)
     assert (
         await delivery._thread.call(
-            lambda db: db.execute(
-                "SELECT count(*) FROM messages WHERE message IS NOT NULL"
-            ).fetchone()[0]
+            partial(sql_ops.value, sql="SELECT count(*) FROM messages WHERE message IS NOT NULL")
         )
         == 0
     )
-    await delivery._thread.call(lambda db: db.execute("PRAGMA max_page_count = 1073741823"))
+    await delivery._thread.call(partial(sql_ops.execute, sql="PRAGMA max_page_count = 1073741823"))
     # Nothing of the refused message was kept, not even its dedup key: Z-API's resend is new.
     assert await delivery.accept(big) is True
 
@@ -128,16 +127,14 @@ async def test_a_burst_shares_commits(delivery: EmbeddedDelivery) -> None:
 
 
 async def test_an_operation_that_fails_fails_alone(delivery: EmbeddedDelivery) -> None:
-    def broken(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO messages (key, message, expires) VALUES ('half-done', NULL, 0)")
-        raise ValueError("a bug in one operation")
-
     results = await asyncio.gather(
-        delivery._thread.call(broken), delivery.accept(message(1)), return_exceptions=True
+        delivery._thread.call(sql_ops.write_then_fail),
+        delivery.accept(message(1)),
+        return_exceptions=True,
     )
     assert isinstance(results[0], ValueError) and results[1] is True
     rows = await delivery._thread.call(
-        lambda db: db.execute("SELECT key FROM messages ORDER BY key").fetchall()
+        partial(sql_ops.rows, sql="SELECT key FROM messages ORDER BY key")
     )
     assert rows == [(message(1).dedup_key,)]  # the failed operation's write was undone
 
@@ -160,11 +157,11 @@ async def test_a_dedup_key_is_forgotten_after_its_window_and_a_purge(
         assert await delivery.accept(message(1)) is True
         assert await delivery.workers.join(5)
         now[0] += 599
-        await delivery._thread.call(embedded._purge)
+        await delivery._thread.call(partial(embedded._purge, now=now[0]))
         assert await delivery.accept(message(1)) is False
         now[0] += 2
         # Remembered until the next purge (once a minute) after its window.
-        await delivery._thread.call(embedded._purge)
+        await delivery._thread.call(partial(embedded._purge, now=now[0]))
         assert await delivery.accept(message(1)) is True
     finally:
         await delivery.aclose()
@@ -174,8 +171,34 @@ async def test_kept_messages_are_stored_parsed_without_the_raw_body(
     delivery: EmbeddedDelivery,
 ) -> None:
     await delivery.accept(message(1))
-    [row] = await delivery._thread.call(
-        lambda db: db.execute("SELECT message FROM messages").fetchall()
-    )
+    [row] = await delivery._thread.call(partial(sql_ops.rows, sql="SELECT message FROM messages"))
     kept = json.loads(row[0])
     assert "raw" not in kept and kept["sender_id"] == message(1).phone
+
+
+async def test_a_message_kept_by_a_writer_that_died_before_answering_is_answered(
+    delivery: EmbeddedDelivery,
+) -> None:
+    delivery._thread.restart_interval = 0.0
+    seen: List[str] = []
+
+    async def handle(m: InboundMessage) -> None:
+        seen.append(m.message_id)
+
+    await delivery.start(handle)
+    lost = message(1)
+    # The webhook's accept of it failed (a 503: Z-API sends it again), yet it is on the disk.
+    with pytest.raises(StateUnavailable):
+        await delivery._thread.call(
+            partial(sql_ops.accept_then_die, values=lost.as_values(), ttl=600.0, now=time.time())
+        )
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    assert seen == [lost.message_id]
+    # Z-API's resend is a duplicate, not a second answer.
+    assert await delivery.accept(lost) is False
+    assert await delivery.accept(message(2)) is True
+    assert await delivery.workers.join(5)
+    assert seen == [lost.message_id, message(2).message_id]

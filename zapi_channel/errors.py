@@ -24,7 +24,7 @@ URL path.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Type
 
 
 class ZApiError(Exception):
@@ -105,6 +105,15 @@ class StateError(ZApiError):
     def __init__(self, message: str, *, where: str) -> None:
         super().__init__(message)
         self.where = where
+
+    def __reduce__(self) -> Any:
+        # It crosses from the state file's writer process pickled; the default reduction
+        # calls the class with its message only, and ``where`` is required.
+        return (_state_error, (type(self), str(self), self.where))
+
+
+def _state_error(kind: Type[StateError], message: str, where: str) -> StateError:
+    return kind(message, where=where)
 
 
 class StateUnavailable(StateError):

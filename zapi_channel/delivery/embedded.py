@@ -19,6 +19,13 @@ kernel drops the lock when a process dies, ``kill -9`` included, so a crash neve
 lock). Several instances share Redis instead (``redis_url``). The command line opens the file
 without that lock: it only reads and edits the failed-sends journal.
 
+The running bot writes the file from a process of its own (:mod:`zapi_channel.delivery.writer`),
+so that SQLite's work, its Python included, runs beside the event loop rather than taking turns
+with it for one GIL. That process inherits the lock, and holds it until it exits: a new bot
+cannot start on the file while a dying one's writer still commits. If the writer dies on its
+own, the webhooks waiting for it answer 503 and it is started again; a message it committed
+without being able to say so is read back from the inbox and answered (:meth:`_recover`).
+
 Keep the file on a local disk: ``flock`` and SQLite's WAL mode are not reliable on network file
 systems.
 """
@@ -32,9 +39,10 @@ import logging
 import os
 import sqlite3
 import time
+from collections import deque
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from zapi_channel.delivery.base import (
     CHOICES_TTL_SECONDS,
@@ -47,6 +55,7 @@ from zapi_channel.delivery.base import (
     identified,
 )
 from zapi_channel.delivery.sqlite import SqliteThread
+from zapi_channel.delivery.writer import SqliteProcess
 from zapi_channel.errors import StateCorrupt, StateInUse, StateUnavailable
 from zapi_channel.inbound import InboundMessage
 from zapi_channel.outbound import Choice
@@ -93,6 +102,10 @@ CREATE TABLE IF NOT EXISTS failed_sends (
 );
 """
 
+#: Answered rows remembered, so that a writer process that died cannot make them run again
+#: (its last answered marks may be lost with it): far more than one batch holds.
+RECENT_ANSWERS = 10_000
+
 #: How often expired dedup keys and choices are purged.
 PURGE_EVERY_SECONDS = 60.0
 
@@ -106,9 +119,11 @@ def _what_to_do(path: Path) -> str:
 
 
 class StateFile:
-    """The SQLite file, opened and checked, behind its :class:`SqliteThread`.
+    """The SQLite file, opened and checked, behind its writer.
 
-    ``consumer=True`` (the running bot) also takes the file's lock; see the module docstring.
+    ``consumer=True`` (the running bot) also takes the file's lock, and writes through a
+    :class:`SqliteProcess`; the command line, through a :class:`SqliteThread`. See the module
+    docstring.
     """
 
     def __init__(self, path: Path, *, consumer: bool) -> None:
@@ -116,13 +131,22 @@ class StateFile:
         self._lock_fd: Optional[int] = None
         if consumer:
             self._lock_fd = self._lock()
+        where = str(self.path)
+        connect = partial(open_state, self.path)
+        self.thread: Union[SqliteThread, SqliteProcess]
         try:
-            self.thread = SqliteThread(self._connect, where=str(self.path))
+            if consumer:
+                # The running bot: its writes in a process of their own, off the event loop's
+                # GIL (zapi_channel.delivery.writer), which holds the lock with it.
+                assert self._lock_fd is not None
+                self.thread = SqliteProcess(connect, where=where, keep_fds=(self._lock_fd,))
+            else:
+                self.thread = SqliteThread(connect, where=where)
         except BaseException:
             self._unlock()
             raise
         if consumer:
-            self.thread.run(_claim)
+            self.thread.run(partial(_claim, pid=os.getpid()))
 
     def __repr__(self) -> str:
         return f"StateFile({str(self.path)!r})"
@@ -157,57 +181,56 @@ class StateFile:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
 
-    def _connect(self) -> sqlite3.Connection:
-        where = str(self.path)
-        try:
-            connection = sqlite3.connect(where, isolation_level=None, check_same_thread=True)
-        except sqlite3.Error as exc:
-            raise StateUnavailable(
-                f"Cannot open the state file {self.path}: {exc}", where=where
-            ) from exc
-        try:
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StateCorrupt(
-                    f"The state file {self.path} was written by a newer zapi-channel (schema "
-                    f"{version}, this one reads {SCHEMA_VERSION}): upgrade zapi-channel, or "
-                    "give this bot another state_path.",
-                    where=where,
-                )
-            check = connection.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StateCorrupt(
-                    f"The state file {self.path} is damaged ({check}). {_what_to_do(self.path)}",
-                    where=where,
-                )
-            connection.execute("PRAGMA journal_mode=WAL")
-            # FULL: each commit someone waits for is on the disk before they hear back (a power
-            # cut keeps the webhook's message); the state thread relaxes it for the others.
-            connection.execute("PRAGMA synchronous=FULL")
-            # The command line may hold the write lock for a moment while it edits the journal.
-            connection.execute("PRAGMA busy_timeout=5000")
-            connection.executescript(_SCHEMA)
-            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            connection.close()
-            if isinstance(exc, sqlite3.OperationalError):
-                # Read-only, full, locked: the file may be fine, its place is not.
-                raise StateUnavailable(
-                    f"Cannot write the state file {self.path}: {exc}", where=where
-                ) from exc
-            raise StateCorrupt(
-                f"The state file {self.path} is not a readable SQLite database ({exc}). "
-                f"{_what_to_do(self.path)}",
-                where=where,
-            ) from exc
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
     def close(self) -> None:
         self.thread.close()
         self._unlock()
+
+
+def open_state(path: Path) -> sqlite3.Connection:
+    """The state file's connection, checked and set up; where it runs, in its thread or process."""
+    where = str(path)
+    try:
+        connection = sqlite3.connect(where, isolation_level=None, check_same_thread=True)
+    except sqlite3.Error as exc:
+        raise StateUnavailable(f"Cannot open the state file {path}: {exc}", where=where) from exc
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateCorrupt(
+                f"The state file {path} was written by a newer zapi-channel (schema "
+                f"{version}, this one reads {SCHEMA_VERSION}): upgrade zapi-channel, or "
+                "give this bot another state_path.",
+                where=where,
+            )
+        check = connection.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StateCorrupt(
+                f"The state file {path} is damaged ({check}). {_what_to_do(path)}",
+                where=where,
+            )
+        connection.execute("PRAGMA journal_mode=WAL")
+        # FULL: each commit someone waits for is on the disk before they hear back (a power
+        # cut keeps the webhook's message); the writer relaxes it for the others.
+        connection.execute("PRAGMA synchronous=FULL")
+        # The command line may hold the write lock for a moment while it edits the journal.
+        connection.execute("PRAGMA busy_timeout=5000")
+        connection.executescript(_SCHEMA)
+        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as exc:
+        connection.close()
+        if isinstance(exc, sqlite3.OperationalError):
+            # Read-only, full, locked: the file may be fine, its place is not.
+            raise StateUnavailable(
+                f"Cannot write the state file {path}: {exc}", where=where
+            ) from exc
+        raise StateCorrupt(
+            f"The state file {path} is not a readable SQLite database ({exc}). {_what_to_do(path)}",
+            where=where,
+        ) from exc
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def _owner_pid(path: Path) -> Optional[int]:
@@ -229,15 +252,16 @@ def _owner_pid(path: Path) -> Optional[int]:
 # Each takes the connection first, so that the thread can run it; functools.partial binds the rest.
 
 
-def _claim(connection: sqlite3.Connection) -> None:
+def _claim(connection: sqlite3.Connection, pid: int) -> None:
+    # The bot's pid, not the writer's: the one a second rasa run names when it refuses.
     connection.execute(
-        "INSERT OR REPLACE INTO owner (id, pid, since) VALUES (1, ?, ?)", (os.getpid(), time.time())
+        "INSERT OR REPLACE INTO owner (id, pid, since) VALUES (1, ?, ?)", (pid, time.time())
     )
-    _purge(connection)
+    _purge(connection, time.time())
 
 
-def _purge(connection: sqlite3.Connection) -> None:
-    now = time.time()
+def _purge(connection: sqlite3.Connection, now: float) -> None:
+    # ``now`` is the bot's clock, as for _accept.
     # A message still waiting is kept whatever its age.
     connection.execute("DELETE FROM messages WHERE expires <= ? AND message IS NULL", (now,))
     connection.execute("DELETE FROM choices WHERE expires <= ?", (now,))
@@ -250,33 +274,41 @@ def _purge(connection: sqlite3.Connection) -> None:
 
 
 def _accept(
-    connection: sqlite3.Connection, message: InboundMessage, ttl: float
-) -> Optional[Tuple[int, InboundMessage]]:
-    """The new message's place in the inbox, in its conversation; None if seen in the window."""
+    connection: sqlite3.Connection, values: Tuple[Any, ...], ttl: float, now: float
+) -> Optional[Tuple[int, Tuple[Any, ...]]]:
+    """The new message's place in the inbox, and the message in its conversation; None if
+    seen in the window. Messages cross as :meth:`InboundMessage.as_values`.
+
+    ``now`` is the bot's clock, so that one clock decides when a dedup key expires.
+    """
+    message = InboundMessage.from_values(values)
     # Identity first, so that keeping the message is one statement. A duplicate's links are
     # the ones its first delivery made: linking them again changes nothing.
     if not message.metadata.get("is_group"):
-        message = _identify(connection, message)
+        sender_id, linked = _identify(connection, message, now)
+        message = identified(message, sender_id, linked)
     kept = connection.execute(
         "INSERT OR IGNORE INTO messages (key, message, expires) VALUES (?, ?, ?)",
-        (message.dedup_key, encode_message(message), time.time() + ttl),
+        (message.dedup_key, encode_message(message), now + ttl),
     )
     if not kept.rowcount:
         return None
-    return int(kept.lastrowid or 0), message
+    return int(kept.lastrowid or 0), message.as_values()
 
 
-def _identify(connection: sqlite3.Connection, message: InboundMessage) -> InboundMessage:
-    """``message`` in the conversation its forms are linked to (the rule: delivery.base)."""
+def _identify(
+    connection: sqlite3.Connection, message: InboundMessage, now: float
+) -> Tuple[str, List[str]]:
+    """The conversation ``message``'s forms are linked to, and all its forms (delivery.base)."""
     forms = message.forms
     if len(forms) == 1 and message.lid is None:
         # The usual first message of a customer seen by number only: one statement decides.
         new = connection.execute(
             "INSERT OR IGNORE INTO identities (form, sender_id, since) VALUES (?, ?, ?)",
-            (message.phone, message.phone, time.time()),
+            (message.phone, message.phone, now),
         )
         if new.rowcount:
-            return identified(message, message.phone, [message.phone])
+            return message.phone, [message.phone]
     marks = ", ".join("?" * len(forms))
     # The rows of these forms, and every other form of the conversations they belong to.
     rows = connection.execute(
@@ -285,7 +317,7 @@ def _identify(connection: sqlite3.Connection, message: InboundMessage) -> Inboun
         (*forms, *forms),
     ).fetchall()
     mine = [(since, sender_id) for form, sender_id, since in rows if form in forms]
-    since, sender_id = min(mine) if mine else (time.time(), message.phone)
+    since, sender_id = min(mine) if mine else (now, message.phone)
     linked = {form for form, owner, _ in rows if owner == sender_id}
     for form in forms:
         if form not in linked:
@@ -295,7 +327,7 @@ def _identify(connection: sqlite3.Connection, message: InboundMessage) -> Inboun
                 "INSERT OR REPLACE INTO identities (form, sender_id, since) VALUES (?, ?, ?)",
                 (form, sender_id, since),
             )
-    return identified(message, sender_id, sorted(linked | set(forms)))
+    return sender_id, sorted(linked | set(forms))
 
 
 def _find(connection: sqlite3.Connection, form: str) -> Optional[str]:
@@ -521,7 +553,15 @@ class EmbeddedDelivery(EmbeddedJournal):
         super().__init__(StateFile(path, consumer=True))
         self.dedup_ttl_seconds = dedup_ttl_seconds
         self._turns = Turns(max_concurrency, self._finish, merge_window=merge_window)
-        self._thread = self._file.thread
+        thread = self._file.thread
+        assert isinstance(thread, SqliteProcess)  # a consumer's file has a writer process
+        self._thread = thread
+        thread.on_restart = self._writer_restarted
+        # Keys of the messages whose accept is on its way to the writer and back.
+        self._accepting: Set[str] = set()
+        # Rows answered lately, newest last: a writer that died may have lost their marks.
+        self._recently_answered: Deque[int] = deque(maxlen=RECENT_ANSWERS)
+        self._recovering: Optional[asyncio.Task[None]] = None
         # Accepted before start() read the inbox, or while stopping: run by start(), or kept.
         self._held: List[Tuple[int, InboundMessage]] = []
         self._stopping = False
@@ -547,12 +587,23 @@ class EmbeddedDelivery(EmbeddedJournal):
         return self._turns.workers.pending + len(self._held)
 
     async def accept(self, message: InboundMessage) -> bool:
-        kept = await self._thread.call(
-            partial(_accept, message=message, ttl=self.dedup_ttl_seconds)
-        )
+        key = message.dedup_key
+        self._accepting.add(key)
+        try:
+            kept = await self._thread.call(
+                partial(
+                    _accept,
+                    values=message.as_values(),
+                    ttl=self.dedup_ttl_seconds,
+                    now=time.time(),
+                )
+            )
+        finally:
+            self._accepting.discard(key)
         if kept is None:
             return False
-        seq, message = kept
+        seq, values = kept
+        message = InboundMessage.from_values(values)
         self._seqs[message.dedup_key] = seq
         if self._stopping:
             return True  # kept in the file for the next start
@@ -563,7 +614,7 @@ class EmbeddedDelivery(EmbeddedJournal):
         now = time.monotonic()
         if now - self._purged_at >= PURGE_EVERY_SECONDS:
             self._purged_at = now
-            self._thread.submit(_purge, what="purge expired state")
+            self._thread.submit(partial(_purge, now=time.time()), what="purge expired state")
         return True
 
     async def start(self, handler: TurnHandler) -> None:
@@ -591,6 +642,50 @@ class EmbeddedDelivery(EmbeddedJournal):
                 resumed,
             )
 
+    def _writer_restarted(self) -> None:
+        # On the event loop, once a writer that died on its own runs again.
+        task = asyncio.ensure_future(self._recover())
+        self._recovering = task  # referenced until done, so that it is not collected
+
+    async def _recover(self) -> None:
+        """What a writer that died on its own may have left undone, done again.
+
+        A message it committed and could not answer for was refused with a 503, and Z-API's
+        resend of it is a duplicate now: it is in the inbox and nowhere else, so it is taken
+        from there. Answered marks it had not committed are written again.
+        """
+        try:
+            rows = await self._thread.call(_kept)
+        except StateUnavailable:
+            logger.exception("Could not read the inbox of %s again", self.where)
+            return
+        answered = set(self._recently_answered)
+        unmarked: List[int] = []
+        found = 0
+        for seq, text in rows:
+            if seq in answered:
+                unmarked.append(seq)
+                continue
+            message = decode_message(text)
+            if message is None:
+                continue  # start() drops it at the next start
+            key = message.dedup_key
+            if key in self._seqs or key in self._accepting or self._turns.handler is None:
+                continue  # running, on its way back, or read by start() still to come
+            self._seqs[key] = seq
+            self._turns.submit(message)
+            found += 1
+        if unmarked:
+            self._thread.submit(
+                partial(_done, seqs=tuple(unmarked)), what=f"mark {len(unmarked)} answered"
+            )
+        if found:
+            logger.warning(
+                "Answering %d message(s) that %s kept while its writer process died",
+                found,
+                self.where,
+            )
+
     async def _finish(self, message: InboundMessage) -> None:
         # Not awaited: the next turn need not wait for this commit. Queued after the turn's sent
         # markers, it commits after them; if it never does, the next start runs the turn again,
@@ -602,6 +697,7 @@ class EmbeddedDelivery(EmbeddedJournal):
                 # The turns that end in this loop iteration share one statement.
                 asyncio.get_running_loop().call_soon(self._mark_answered)
             self._answered.append(seq)
+            self._recently_answered.append(seq)
         self._resumed.discard(key)
 
     def _mark_answered(self) -> None:
