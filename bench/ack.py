@@ -260,7 +260,7 @@ for the server.
         section.notes.append(
             "**Where our acks' time went, inside the server** (`bench/trace.py`: every webhook "
             "of the measured rounds, timed by the benchmark server around our handler, the "
-            "state file's thread and the event loop):"
+            "state file's writer and the event loop):"
         )
         section.notes.append(trace.table(traced).markdown())
     answered, waited = blackhole

@@ -594,8 +594,8 @@ class SendSample:
 
     def _per_send(self, count: int) -> float:
         # Each sample stands for 1/rate s of the thread it caught. Not a share of all samples:
-        # py-spy with --nonblocking also samples threads that wait (the state thread in its
-        # queue, the loop in epoll), so the total is wall time of every thread, not CPU.
+        # py-spy with --nonblocking also samples threads that wait (the loop in epoll), so the
+        # total is wall time of every thread, not CPU.
         return 1000 * count / SEND_SAMPLING_HZ / self.sends
 
     @property
@@ -740,9 +740,9 @@ def _held_why(held: Dict[str, Optional[GilSample]]) -> str:
         f" Through the same bursts the process's user CPU differed by "
         f"{ours.user_ms - rest.user_ms:+.2f} ms per message and its system CPU by "
         f"{ours.system_ms - rest.system_ms:+.2f} ms: what the Python samples leave out is work "
-        "without the GIL (SQLite's own C code and the disk flush in the state thread, the "
-        "model's kernels) and the kernel's (socket writes and reads for the sends, the state "
-        "thread's wake-ups and flushes)."
+        "outside this process's Python (the state file's writer process, which these figures "
+        "include, the model's kernels) and the kernel's (socket writes and reads for the sends, "
+        "the writer's hand-overs and flushes)."
     )
     text = (
         f" In py-spy's samples of the GIL (the profile of the difference below), our burst ran "

@@ -41,10 +41,12 @@ LABELS = {
 class Runs:
     results: List[wrk.WrkResult] = field(default_factory=list)
     cpu_us: List[float] = field(default_factory=list)
-    #: CPU per request of the event loop's thread and of the others (the state file's), each
-    #: user + system, and how busy the whole machine was (both cores), per round.
+    #: CPU per request of the event loop's thread, of the process's other threads, and of the
+    #: state file's writer process, each user + system, and how busy the whole machine was
+    #: (both cores), per round.
     loop_us: List[float] = field(default_factory=list)
     other_us: List[float] = field(default_factory=list)
+    writer_us: List[float] = field(default_factory=list)
     machine_busy: List[float] = field(default_factory=list)
 
     @property
@@ -58,18 +60,21 @@ class Runs:
     def add(self, result: wrk.WrkResult, used: Used) -> None:
         requests = max(1, result.requests)
         self.results.append(result)
-        self.cpu_us.append(1e6 * (used.loop + used.other) / requests)
+        self.cpu_us.append(1e6 * (used.loop + used.other + used.writer) / requests)
         self.loop_us.append(1e6 * used.loop / requests)
         self.other_us.append(1e6 * used.other / requests)
+        self.writer_us.append(1e6 * used.writer / requests)
         self.machine_busy.append(used.machine_busy)
 
 
 @dataclass(frozen=True)
 class Used:
-    """What one run used: CPU seconds of the server's threads, and the machine's busy share."""
+    """What one run used: CPU seconds of the server's threads and of its writer process, and
+    the machine's busy share."""
 
     loop: float
     other: float
+    writer: float
     machine_busy: float
 
 
@@ -81,40 +86,51 @@ def load(ctx: Context, server: Server, *, first: int, seconds: float) -> tuple[w
         first=first,
     )
     loop_before, other_before = server.process.thread_cpu()
+    writer_before = server.process.helpers_cpu()
     busy_before, total_before = machine_busy()
     result = wrk.run_wrk(server.url, script, connections=CONNECTIONS, seconds=seconds)
     # The no-op turns finish right after their acks; give the last ones a moment.
     time.sleep(0.2)
     busy, total = machine_busy()
     loop_after, other_after = server.process.thread_cpu()
+    writer_after = server.process.helpers_cpu()
     return result, Used(
         loop=sum(loop_after) - sum(loop_before),
         other=sum(other_after) - sum(other_before),
+        writer=sum(writer_after) - sum(writer_before),
         machine_busy=(busy - busy_before) / max(1, total - total_before),
     )
 
 
-def _durable_why(embedded: Runs, memory: Runs, redis: Optional[Runs]) -> str:
-    kept = embedded.cpu_per_request - memory.cpu_per_request
+def _durable_why(
+    embedded: Runs, memory: Runs, redis: Optional[Runs], batches: Optional[Busy]
+) -> str:
+    loop_kept = median(embedded.loop_us) - median(memory.loop_us)
+    loop_busy = median(embedded.loop_us) * embedded.rate / 1e6
+    memory_busy = median(memory.loop_us) * memory.rate / 1e6
     parts = [
-        f"Keeping each message costs {kept:.0f} µs of CPU per request in this run (embedded "
-        f"{embedded.cpu_per_request:.0f} µs against {memory.cpu_per_request:.0f} µs for the "
-        "same channel with the inbox in memory). Where it goes, measured on its own (the "
-        "delivery alone, 20,000 new customers, 50 at a time): the message's statement "
-        "(about a sixth), linking the new number (about a quarter, with its copy of the "
-        "message), the JSON of the kept message (about a fifth), marking it answered, and "
-        "handing each batch to the state thread and back. Running the statements on the event "
-        "loop instead, with only the commit on the thread, was tried and measured: the same CPU "
-        "per message, so it was not kept; the cost is the work, not the GIL. The disk flush is "
-        "not it either: synchronous=NORMAL for every commit measured the same (only the "
-        "answered marks and sent markers, which nobody waits for, now commit without a "
-        "flush). Nor is the number of statements: writing each batch's messages, new links "
-        "and answered marks as single statements over one JSON array (SQLite's json_each), "
-        "about ten statements a batch instead of eighty, was tried through this server: the "
-        "same throughput (33% against 35% of bare, one interleaved run) and batches as long, "
-        "so it was not kept. The batch's time is its work: Python building the rows, "
-        "SQLite's own, and the flush of the commit (1.3 to 1.8 ms a batch under this load, "
-        "timed in that trial)."
+        f"Keeping each message costs the event loop {loop_kept:.0f} µs per request in this run "
+        f"({median(embedded.loop_us):.0f} µs against {median(memory.loop_us):.0f} µs for the "
+        "same channel with the inbox in memory), and the state file's writer process "
+        f"{median(embedded.writer_us):.0f} µs, on the other core: the statements, the kept "
+        "message's JSON and the commits run there, with a GIL of their own. What the loop "
+        "still pays is handing each message over and reading the answer (pickled as plain "
+        "values: measured, a third of the cost of pickling the message and the function), "
+        "and a second step of each webhook's task, which now waits for its commit. The loop "
+        f"was busy about {loop_busy:.0%} of the time against {memory_busy:.0%} with the inbox "
+        f"in memory: with {CONNECTIONS} connections, each waiting for a commit that reaches "
+        "the disk"
+        + (
+            f" ({batches.batch_ms:.1f} ms a batch on average, traced)"
+            if batches is not None
+            else ""
+        )
+        + ", there are moments when every request waits and the loop has nothing to do. "
+        "Tried before this design and not kept: a writer thread in the bot's own process "
+        "(its Python took turns with the event loop for one GIL: 153 µs of CPU per request "
+        "against 121 in memory, docs of 2026-12-02), the statements on the event loop with only "
+        "the commit on the thread, synchronous=NORMAL for every commit, and single statements "
+        "over a JSON array (json_each): none moved the throughput."
     ]
     if redis is not None:
         parts.append(
@@ -179,7 +195,7 @@ def run(ctx: Context) -> Section:
                 first += 1_000_000
         # One more run of ours under py-spy, not counted: where does its CPU go?
         zapi = servers["zapi"]
-        # Only the GIL's holder: without it py-spy also samples the state thread waiting on its
+        # Only the GIL's holder: without it py-spy also samples the threads waiting on a
         # queue or the disk, and the loop waiting in epoll.
         sampler = profile.Background(
             zapi.process.pid, seconds, ctx.log_dir / "ingest-zapi.pyspy", gil=True
@@ -187,7 +203,7 @@ def run(ctx: Context) -> Section:
         load(ctx, zapi, first=first, seconds=seconds + 1)
         prof = sampler.join()
         # And one more traced from inside (bench.server.AckTrace), not counted either: how much
-        # of the time the state thread spends in its batches. Last, since the trace's timers
+        # of the time the writer spends in its batches. Last, since the trace's timers
         # stay in the server once it is asked for.
         trace.take(zapi)
         traced, _ = load(ctx, zapi, first=first + 1_000_000, seconds=seconds)
@@ -200,7 +216,7 @@ def run(ctx: Context) -> Section:
         _forget_bench_keys(redis_url, prefix)
     table = Table(
         ["handler", "requests/s per round", "requests/s (median)", "server CPU per request",
-         "of it: event loop thread / other threads", "machine busy (2 cores)",
+         "of it: event loop thread / other threads / writer process", "machine busy (2 cores)",
          "latency p50 / p99 (wrk)", "non-2xx or errors"]
     )  # fmt: skip
     for name, r in runs.items():
@@ -210,7 +226,8 @@ def run(ctx: Context) -> Section:
                 " / ".join(f"{x.rate:,.0f}" for x in r.results),
                 rate(r.rate),
                 f"{r.cpu_per_request:.0f} µs",
-                f"{median(r.loop_us):.0f} / {median(r.other_us):.0f} µs",
+                f"{median(r.loop_us):.0f} / {median(r.other_us):.0f} / "
+                f"{median(r.writer_us):.0f} µs",
                 f"{median(r.machine_busy):.0%}",
                 " ; ".join(f"{x.p50_ms:.1f} / {x.p99_ms:.1f} ms" for x in r.results[:2]) + " ...",
                 str(sum(x.error_count for x in r.results)),
@@ -229,9 +246,10 @@ turn; {rounds} rounds, bare and ours alternating, after a 1 s warm-up each; the 
 compared. wrk because it is closed-loop and cheap: it finds the most the server can take while
 using far less CPU per request than the Python server it loads (one core each on this machine).
 
-"Server CPU per request" is the server process's user + system time (`/proc/PID/stat`) over the
-run divided by the requests answered: unlike requests/s, it barely moves when other work on the
-machine takes CPU away, so its ratio is the steadier estimate of what our channel costs.
+"Server CPU per request" is the user + system time (`/proc/PID/stat`) of the server process and
+of the state file's writer process beside it, over the run, divided by the requests answered:
+unlike requests/s, it barely moves when other work on the machine takes CPU away, so its ratio is
+the steadier estimate of what our channel costs.
 """,
         tables=[table],
         summary=(
@@ -262,7 +280,7 @@ machine takes CPU away, so its ratio is the steadier estimate of what our channe
             + ("" if "zapi-redis" in runs else " (no Redis server: not measured with Redis)")
             + f"; the in-memory path itself, in this run: {memory_share:.0%}",
             met=all(value >= MEMORY_PATH_SHARE for _, value in durable),
-            why=_durable_why(ours, memory, runs.get("zapi-redis")),
+            why=_durable_why(ours, memory, runs.get("zapi-redis"), batches),
         )
     )
     section.notes.append(_threads_note(runs, prof, batches))
@@ -289,8 +307,9 @@ machine takes CPU away, so its ratio is the steadier estimate of what our channe
 
 @dataclass(frozen=True)
 class Busy:
-    """The state thread in one traced run: the share of the run it spent in batches (statements
-    and commit), how long a batch took and how many operations it held, on average."""
+    """The writer process in one traced run: the share of the run it spent in batches
+    (statements and commit), how long a batch took and how many operations it held, on
+    average."""
 
     share: float
     batch_ms: float
@@ -312,16 +331,17 @@ class Busy:
 def _threads_note(
     runs: Dict[str, Runs], prof: Optional[profile.Profile], batches: Optional[Busy]
 ) -> str:
-    """Where the time goes, by thread: what the table's split and the GIL profile say together."""
+    """Where the time goes, by thread and process: the table's split and the GIL profile."""
     bare, ours, memory = runs["bare"], runs["zapi"], runs["zapi-memory"]
     busy = median([b for r in runs.values() for b in r.machine_busy])
     text = (
-        f"**Where the time goes, by thread.** The machine was {busy:.0%} busy during the runs "
-        "(median; wrk included), so no server was short of a core: each is held to about one "
-        "by the GIL, which its threads take in turn. The bare handler's event loop used "
+        f"**Where the time goes, by thread and process.** The machine was {busy:.0%} busy "
+        "during the runs (median; wrk included), so no server was short of a core: each "
+        "process is held to about one by its GIL. The bare handler's event loop used "
         f"{median(bare.loop_us):.0f} µs per request; ours with the inbox in memory "
         f"{median(memory.loop_us):.0f} µs; ours embedded {median(ours.loop_us):.0f} µs on the "
-        f"event loop and {median(ours.other_us):.0f} µs on the state file's thread"
+        f"event loop, {median(ours.other_us):.0f} µs on its other threads and "
+        f"{median(ours.writer_us):.0f} µs in the writer process"
     )
     if "zapi-redis" in runs:
         redis = runs["zapi-redis"]
@@ -332,35 +352,17 @@ def _threads_note(
         )
     text += "."
     if batches is not None:
-        loop_share = median(ours.loop_us) * ours.rate / 1e6
         text += (
-            " Traced from inside in one more run, the state thread spent "
+            " Traced from inside in one more run, the writer spent "
             f"{batches.share:.0%} of it in its batches ({batches.ops:.0f} operations and "
-            f"{batches.batch_ms:.1f} ms a batch on average), while in the counted runs the "
-            f"event loop was busy about {loop_share:.0%} of the time"
+            f"{batches.batch_ms:.1f} ms a batch on average)."
         )
-        together = (median(ours.loop_us) + median(ours.other_us)) * ours.rate / 1e6
-        text += f", and both threads together used {together:.0%} of one core"
-        if batches.share < 0.8 and together >= 0.9:
-            text += (
-                ": the thread is not a stage the loop waits for; between them they use about "
-                "the one core that their shared GIL allows"
-            )
-        text += "."
     if prof is None or not prof.samples or not prof.by_thread:
         return text
-    state = prof.share(prof.by_thread.get("zapi-channel-state", 0)) / 100
     loop = prof.share(prof.by_thread.get("MainThread", 0)) / 100
-    share = ours.rate / bare.rate
-    ceiling = share / max(0.01, 1 - state)
     return text + (
-        f" Of the embedded server's GIL samples, the event loop held {loop:.0%} and the state "
-        f"thread {state:.0%}: the thread's Python (binding and running the statements, the "
-        "kept message's JSON, handing results back) is not parallel work, each of its "
-        "microseconds is one the event loop cannot use, while SQLite's own C code and the disk "
-        "flush run without the GIL. Had the thread's share gone to the event loop (the "
-        "statements in a writer process of their own, say, paying only to hand the message "
-        f"over), the embedded path would reach at most about {ceiling:.0%} of bare in this run."
+        f" Of the embedded server's GIL samples, the event loop held {loop:.0%}: the writer's "
+        "work is not in them, since it has a GIL of its own."
     )
 
 
@@ -388,7 +390,8 @@ def _why(share: float, bare_us: float, ours_us: float, prof: Optional[profile.Pr
         "runs only when the raw bytes could hold one, the token is compared with the raw query "
         "string before sanic parses it, and the parser checks against `dict` rather than "
         "`typing.Mapping`. What is left of ours is the work itself: building the message and "
-        "its metadata, handing the commit to the state thread, and per message a worker task "
+        "its metadata, handing the message to the writer process and reading its answer, and per "
+        "message a worker task "
         "and a turn (Rasa's "
         "`UserMessage` and an output channel, even for a no-op agent). The rest is sanic and "
         "asyncio. "

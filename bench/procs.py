@@ -73,22 +73,55 @@ class Process:
         """Return once ``url`` answers (see ``scripts.children.wait_http``)."""
         wait_http(self.proc, url, timeout, name=self.name, output=self.log_tail, interval=0.2)
 
+    def helpers(self) -> List[int]:
+        """Pids of the processes the channel started beside this one: the state file's writer
+        (``zapi_channel.delivery.writer``), whose memory and CPU are the channel's too."""
+        found: List[int] = []
+        try:
+            tasks = list(Path(f"/proc/{self.pid}/task").iterdir())
+        except OSError:
+            return found
+        for task in tasks:
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"zapi_channel.delivery.writer" in cmdline:
+                    found.append(int(child))
+        return found
+
     def rss_kib(self) -> int:
-        """Resident memory of the process (``VmRSS`` in ``/proc/PID/status``), in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError(f"no VmRSS for {self.name} (pid {self.pid})")
+        """Resident memory (``VmRSS`` in ``/proc/PID/status``) of the process and its helpers
+        (:meth:`helpers`), in KiB."""
+        return sum(_rss_kib(pid) for pid in (self.pid, *self.helpers()))
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (``/proc/PID/stat`` fields 14 and 15)."""
+        """User + system CPU time so far of the process and its helpers (``/proc/PID/stat``)."""
         user, system = self.cpu_split()
         return user + system
 
     def cpu_split(self) -> Tuple[float, float]:
-        """User and system (the kernel's work for it) CPU seconds of the process so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+        """User and system (the kernel's work for it) CPU seconds so far of the process and its
+        helpers (:meth:`helpers`)."""
+        user, system = _cpu(self.pid)
+        helpers = self.helpers_cpu()
+        return user + helpers[0], system + helpers[1]
+
+    def helpers_cpu(self) -> Tuple[float, float]:
+        """User and system CPU seconds so far of the helpers alone."""
+        user = system = 0.0
+        for pid in self.helpers():
+            try:
+                more = _cpu(pid)
+            except OSError:
+                continue  # ended meanwhile
+            user, system = user + more[0], system + more[1]
+        return user, system
 
     def thread_cpu(self) -> Tuple[Tuple[float, float], Tuple[float, float]]:
         """User and system CPU seconds so far of the main thread (the event loop's, whose id is
@@ -108,6 +141,18 @@ class Process:
         returncode = stop_group(self.proc, timeout)
         self._log.close()
         return returncode
+
+
+def _cpu(pid: int) -> Tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def machine_busy() -> Tuple[int, int]:

@@ -271,7 +271,7 @@ burst of 200 customers comes first and is not counted.
         "once. Already cut: a queued message no longer keeps Z-API's raw callback (a third "
         "less memory per customer in flight); the answered marks and sent markers commit "
         "without waiting for the disk (nobody waits for them), so only the webhooks' own "
-        "commits flush; and the state thread checkpoints the WAL between batches rather than "
+        "commits flush; and the writer checkpoints the WAL between batches rather than "
         "inside the commit that crosses SQLite's threshold, which every webhook of that batch "
         "used to wait for (about 5 ms against 0.8 ms for a plain commit). Not done: tuning the "
         "collector for a large backlog. Measured and not kept: checkpointing from a second "

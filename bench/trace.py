@@ -3,7 +3,7 @@
 A CPU profile says what the process spends its time on; it cannot say why one ack in a hundred
 took three times the others. For that the benchmark server times, from inside, what an ack is
 made of: the webhook handler from its start to its answer, and within it the wait for the state
-file's commit; every commit of the state thread and every checkpoint of its WAL; and how late
+file's commit; every commit of the state file's writer and every checkpoint of its WAL; and how late
 the event loop woke up for a 1 ms timer, which is how long something held the loop (a full
 garbage collection, a long callback, the GIL in another thread). What the client saw beyond the
 handler's time happened outside our code: in sanic's reading and writing, in the kernel, in the
