@@ -2,8 +2,8 @@
 
 Runs the scenarios that inject duplicates and faults into real processes (a single instance
 stopped with SIGTERM or killed with SIGKILL and restarted, Z-API redelivering after the restart, a
-full disk under the state file, two instances behind duplicated delivery, one of two instances
-SIGKILLed, Z-API failing sends),
+full disk under the state file, the state file's writer process killed, two instances behind
+duplicated delivery, one of two instances SIGKILLed, Z-API failing sends),
 collects the figures each one records, and writes them as a table. The same scenarios run as
 ordinary tests in ``make test``; this script only adds the figures.
 """
@@ -96,6 +96,11 @@ def main() -> int:
         "recognised.",
         "- *Disk full*: the webhook answers 503, so Z-API sends the message again, and logs one "
         "ERROR naming the file; once there is room, the resent message is kept and answered.",
+        "- *Writer process SIGKILLed*: the state file is written by a process of its own "
+        "(`zapi_channel.delivery.writer`). Killed, the webhooks waiting for it answer 503 (Z-API "
+        "sends those messages again) and the bot starts it again at once; a message it had "
+        "committed without being able to say so is taken from the file and answered, and its "
+        "resend is a duplicate.",
         "- *SIGKILL, two instances*: the killed instance's inbox partitions are taken over when "
         "their lease expires; sent markers keep a re-run turn from repeating answers.",
         "- *HTTP 503*: the send is retried with exponential backoff and jitter.",

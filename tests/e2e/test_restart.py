@@ -8,6 +8,8 @@ counted from what the emulator recorded.
 - SIGKILL while turns are in flight: nothing runs at the kill, the next start answers the rest.
 - Z-API redelivering, after the restart, messages that were answered: none is answered again.
 - A full disk: the webhook answers 503 (Z-API sends again) and recovers once there is room.
+- The state file's writer process killed mid-burst: 503s while it is started again, and nothing
+  lost or answered twice once Z-API has sent the refused messages again.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -324,3 +328,71 @@ def test_a_full_disk_answers_503_and_loses_nothing(rig: Rig, small_disk: Path) -
     )
     assert found == expected
     assert shutil.disk_usage(small_disk).free > 0
+
+
+def writer_of(pid: int) -> int:
+    """The state file's writer process that rasa run ``pid`` started."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if "zapi_channel.delivery.writer" in Path(f"/proc/{child}/cmdline").read_text():
+                return int(child)
+    raise AssertionError(f"rasa run {pid} has no writer process")
+
+
+def test_the_writer_killed_mid_burst_loses_nothing_and_answers_once(rig: Rig) -> None:
+    customers = phones("9500", 40)
+    rasa = rig.start_rasa()
+    try:
+        writer = writer_of(rasa.proc.pid)
+        posted = threading.Event()
+        statuses: Dict[int, int] = {}
+
+        def deliver(n: int) -> None:
+            statuses[n] = rig.deliver(customers[n], f"WRITER{n}").status_code
+            if len(statuses) >= 10:
+                posted.set()
+
+        with ThreadPoolExecutor(8) as pool:
+            burst = [pool.submit(deliver, n) for n in range(len(customers))]
+            assert posted.wait(30)
+            os.kill(writer, signal.SIGKILL)  # while webhooks wait for their commits
+            for done in burst:
+                done.result()
+        refused = [n for n, status in statuses.items() if status != 200]
+        assert all(statuses[n] == 503 for n in refused), statuses
+        # What Z-API does with a 503: it sends the message again, until it gets its 200.
+        deadline = time.monotonic() + 30
+        pending = list(refused)
+        while pending and time.monotonic() < deadline:
+            pending = [
+                n for n in pending if rig.deliver(customers[n], f"WRITER{n}").status_code != 200
+            ]
+            time.sleep(0.2)
+        assert not pending, f"still refused after the writer's restart: {pending}"
+        found = rig.wait_answers(customers)
+        log = rasa.log()
+    finally:
+        rasa.stop()
+    assert "ended on its own" in log, log[-3000:]
+    assert writer_of_gone(writer)
+    expected = {phone: [ANSWER] for phone in customers}
+    received, lost, duplicated = tally(expected, found)
+    record(
+        "The state file's writer process killed with SIGKILL mid-burst (no Redis)",
+        sent=len(customers),
+        duplicates=len(refused),
+        faults=f"writer SIGKILLed: {len(refused)} webhook(s) answered 503, then sent again",
+        expected=len(customers),
+        received=received,
+        lost=lost,
+        duplicated=duplicated,
+    )
+    assert found == expected, log[-3000:]
+
+
+def writer_of_gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # exited; its parent reaps it
