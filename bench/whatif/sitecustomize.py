@@ -18,6 +18,10 @@ sends and the rest.
 ``memory-inbox`` (2): the embedded delivery's ``accept`` deduplicates in a set and queues the
 turn, with no SQLite file, as the release before the durable deliveries did. Measured beside the
 real channel in the same run, it shows what keeping each message on disk costs on that machine.
+
+``state-thread`` (2): the state file is written by a thread of the bot's own process, as before
+the writer process (``zapi_channel.delivery.writer``): the same batches, on the event loop's GIL.
+Measured beside the real channel, it shows what the writer process changes on that machine.
 """
 
 from __future__ import annotations
@@ -80,10 +84,25 @@ def _memory_inbox() -> None:
     EmbeddedDelivery.accept = accept  # type: ignore[method-assign]
 
 
+def _state_thread() -> None:
+    from zapi_channel.delivery import embedded
+    from zapi_channel.delivery.sqlite import SqliteThread
+
+    class InAThread(SqliteThread):
+        """Taken where the state file would start its writer process."""
+
+        def __init__(self, connect: Any, *, where: str, keep_fds: Any = ()) -> None:
+            super().__init__(connect, where=where)
+            self.on_restart: Any = None  # a thread is never restarted
+
+    embedded.SqliteProcess = InAThread  # type: ignore[misc]
+
+
 _MODES = {
     "validation-cached": (_cache_validation, "Rasa's action results validated, validator cached"),
     "sends-stubbed": (_stub_sends, "ZApiClient.send stubbed: no HTTP"),
     "memory-inbox": (_memory_inbox, "accepted messages kept in memory only, as before the file"),
+    "state-thread": (_state_thread, "the state file written by a thread, as before the writer"),
 }
 
 if MODE in _MODES:

@@ -553,10 +553,9 @@ class EmbeddedDelivery(EmbeddedJournal):
         super().__init__(StateFile(path, consumer=True))
         self.dedup_ttl_seconds = dedup_ttl_seconds
         self._turns = Turns(max_concurrency, self._finish, merge_window=merge_window)
-        thread = self._file.thread
-        assert isinstance(thread, SqliteProcess)  # a consumer's file has a writer process
-        self._thread = thread
-        thread.on_restart = self._writer_restarted
+        self._thread = self._file.thread
+        if isinstance(self._thread, SqliteProcess):
+            self._thread.on_restart = self._writer_restarted
         # Keys of the messages whose accept is on its way to the writer and back.
         self._accepting: Set[str] = set()
         # Rows answered lately, newest last: a writer that died may have lost their marks.
