@@ -7,6 +7,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from contextlib import closing
 from functools import partial
@@ -202,3 +204,36 @@ async def test_a_message_kept_by_a_writer_that_died_before_answering_is_answered
     assert await delivery.accept(message(2)) is True
     assert await delivery.workers.join(5)
     assert seen == [lost.message_id, message(2).message_id]
+
+
+async def test_a_restart_waits_for_the_dead_bots_writer_to_let_go(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    await EmbeddedDelivery(path).aclose()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE owner SET pid = ?", (dead.pid,))
+    # What a killed bot leaves: its writer still holds the lock, for a moment.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(1.0)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        delivery = EmbeddedDelivery(path)
+        waited = time.monotonic() - started
+        await delivery.aclose()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waited >= 0.5  # it did wait for the lock, not take a free one

@@ -22,7 +22,9 @@ without that lock: it only reads and edits the failed-sends journal.
 The running bot writes the file from a process of its own (:mod:`zapi_channel.delivery.writer`),
 so that SQLite's work, its Python included, runs beside the event loop rather than taking turns
 with it for one GIL. That process inherits the lock, and holds it until it exits: a new bot
-cannot start on the file while a dying one's writer still commits. If the writer dies on its
+cannot start on the file while a dying one's writer still commits. When the bot that held the
+file is gone, a new one waits for that writer to let go (``LOCK_WAIT_SECONDS`` at most) rather
+than refusing to start. If the writer dies on its
 own, the webhooks waiting for it answer 503 and it is started again; a message it committed
 without being able to say so is read back from the inbox and answered (:meth:`_recover`).
 
@@ -102,6 +104,10 @@ CREATE TABLE IF NOT EXISTS failed_sends (
 );
 """
 
+#: How long a bot waits for the file's lock when the bot that held it is gone: its writer
+#: process holds the lock until its last batch is committed, a moment after the bot's death.
+LOCK_WAIT_SECONDS = 10.0
+
 #: Answered rows remembered, so that a writer process that died cannot make them run again
 #: (its last answered marks may be lost with it): far more than one batch holds.
 RECENT_ANSWERS = 10_000
@@ -165,8 +171,12 @@ class StateFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(fd)
             holder = _owner_pid(self.path)
+            if holder is not None and not _alive(holder) and _lock_within(fd, LOCK_WAIT_SECONDS):
+                # The bot that held it is gone, and its writer process, which held the lock
+                # with it, was finishing its last batch (a restart right after kill -9).
+                return fd
+            os.close(fd)
             who = f"process {holder}" if holder else "another process"
             raise StateInUse(
                 f"The state file {self.path} is in use by {who} (another rasa run of this bot?). "
@@ -231,6 +241,29 @@ def open_state(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take the exclusive lock on ``fd`` if it comes free within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def _owner_pid(path: Path) -> Optional[int]:

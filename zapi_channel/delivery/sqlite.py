@@ -1,4 +1,4 @@
-"""One SQLite file, used from asyncio through one thread that owns the connection.
+"""One SQLite file used from asyncio: its batches (group commit), and a thread that runs them.
 
 sqlite3 blocks, and a commit that reaches the disk (``synchronous=FULL``) takes a fraction of a
 millisecond: run on the event loop, it would stall every other webhook. So every operation is a
