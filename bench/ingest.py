@@ -179,30 +179,21 @@ def run(ctx: Context) -> Section:
                 wait=False,
                 extra=["--redis-url", redis_url, "--redis-prefix", prefix],
             )
-        # The previous release's path, beside the real one: what durability costs on this machine.
-        servers["zapi-memory"] = start_server(
-            procs,
-            "zapi",
-            name="ingest-zapi-memory",
-            reply=False,
-            wait=False,
-            env={
-                "PYTHONPATH": str(WHATIF_DIR) + os.pathsep + str(ROOT),
-                "ZAPI_BENCH_WHATIF": "memory-inbox",
-            },
-        )
-        # The design before the writer process, beside it: what the process changes here.
-        servers["zapi-thread"] = start_server(
-            procs,
-            "zapi",
-            name="ingest-zapi-thread",
-            reply=False,
-            wait=False,
-            env={
-                "PYTHONPATH": str(WHATIF_DIR) + os.pathsep + str(ROOT),
-                "ZAPI_BENCH_WHATIF": "state-thread",
-            },
-        )
+        # What-ifs beside the real channel, in the same rounds: the previous release's path
+        # (what durability costs on this machine) and the design before the writer process
+        # (what the process changes here).
+        for name, mode in (("zapi-memory", "memory-inbox"), ("zapi-thread", "state-thread")):
+            servers[name] = start_server(
+                procs,
+                "zapi",
+                name=f"ingest-{name}",
+                reply=False,
+                wait=False,
+                env={
+                    "PYTHONPATH": str(WHATIF_DIR) + os.pathsep + str(ROOT),
+                    "ZAPI_BENCH_WHATIF": mode,
+                },
+            )
         for server in servers.values():
             server.wait()
         first = 0
