@@ -72,6 +72,17 @@ def test_evolve_is_replace_for_the_fields_and_refuses_other_names(
         original.evolve(sender="conversation-1")
 
 
+def test_a_message_crosses_as_plain_values_and_comes_back_whole_without_its_raw_body(
+    callback: Load, config: ChannelConfig
+) -> None:
+    original = message(callback("received_text"), config).evolve(sender_id="c-1", lid="9@lid")
+    values = original.as_values()
+    assert all(type(v) in (str, bool, dict, type(None)) for v in values)  # no object to pickle
+    back = InboundMessage.from_values(values)
+    assert dataclasses.asdict(back) == {**dataclasses.asdict(original), "raw": {}}
+    assert original.raw  # the original keeps its own
+
+
 def test_lid_only_sender_is_answered_at_exactly_the_lid(
     callback: Load, config: ChannelConfig
 ) -> None:
