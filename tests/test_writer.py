@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from tests import sql_ops
-from zapi_channel.delivery.writer import SqliteProcess
+from zapi_channel.delivery.writer import NICENESS, SqliteProcess
 from zapi_channel.errors import StateCorrupt, StateUnavailable
 
 
@@ -124,6 +124,17 @@ async def test_closing_ends_the_writer(tmp_path: Path) -> None:
     assert not alive(pid)
     with pytest.raises(StateUnavailable, match="closed"):
         await made.call(sql_ops.nothing)
+
+
+def test_the_writer_yields_the_cpu_to_the_bot(writer: SqliteProcess) -> None:
+    # Lower priority than the bot's (a higher nice value), by NICENESS or up to the maximum.
+    pid = writer.pid
+    assert pid is not None
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    if ours >= 19:
+        pytest.skip("the tests run at the lowest priority already")
+    assert NICENESS > 0
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, ours + NICENESS)
 
 
 def test_the_writer_stops_on_sigterm_after_its_batch(writer: SqliteProcess) -> None:
