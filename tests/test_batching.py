@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Dict
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from tests.livesanic import free_port
-from zapi_channel.delivery.batching import AutoPipeline
+from zapi_channel.delivery.batching import AutoPipeline, Script
 
 
 @pytest.fixture
@@ -45,6 +45,40 @@ async def test_commands_issued_together_go_in_one_pipeline_with_their_own_answer
     first, second = batched.get(f"{prefix}:a"), batched.get(f"{prefix}:b")
     assert (await first, await second) == ("1", "2")
     assert batched.pipelines == 2
+
+
+async def evals(client: redis_asyncio.Redis) -> Dict[str, int]:
+    """How many EVAL and EVALSHA this Redis has run."""
+    stats = await client.info("commandstats")
+    return {
+        name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha")
+    }
+
+
+async def test_scripts_go_by_their_sha_and_again_with_their_text_when_redis_lost_them(
+    client: redis_asyncio.Redis, prefix: str
+) -> None:
+    batched = AutoPipeline(client)
+    # Unique per run, so that this Redis cannot know it yet.
+    script = Script(f"-- {prefix}\nreturn redis.call('INCR', KEYS[1]) + tonumber(ARGV[1])")
+    assert script.sha not in repr(script) and script.sha[:12] in repr(script)
+    assert await client.script_exists(script.sha) == [False]
+    counter = f"{prefix}:n"
+    # Unknown to Redis: every call of the burst is sent again with the text, in order.
+    first = await asyncio.gather(
+        *(batched.script(script, [counter], [100]) for _ in range(3)),
+        batched.set(f"{prefix}:beside", "1", ex=60),
+    )
+    assert first == [101, 102, 103, True]
+    # Known now: by SHA1 alone, one pipeline, no text.
+    before = batched.pipelines
+    assert await client.script_exists(script.sha) == [True]
+    calls = await evals(client)
+    assert await batched.script(script, [counter], [0]) == 4
+    assert batched.pipelines == before + 1
+    after = await evals(client)
+    assert after["evalsha"] == calls["evalsha"] + 1 and after["eval"] == calls["eval"]
+    await client.delete(counter)
 
 
 async def test_a_failing_command_fails_alone(client: redis_asyncio.Redis, prefix: str) -> None:

@@ -1,8 +1,12 @@
-"""The shared delivery's Redis client: commands packed in C, byte for byte as redis-py packs them."""
+"""The shared delivery against Redis: commands packed in C as redis-py packs them, and what its
+scripts keep in the streams."""
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+import asyncio
+import json
+import uuid
+from typing import Any, AsyncIterator, List, Optional, Tuple
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -11,7 +15,9 @@ from hypothesis import strategies as st
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
-from zapi_channel.delivery.shared import _PackedByHiredis, connect, packing_in_c
+from zapi_channel.delivery.base import encode_message, identified
+from zapi_channel.delivery.shared import RedisDelivery, _PackedByHiredis, connect, packing_in_c
+from zapi_channel.inbound import InboundMessage
 
 PACKED = packing_in_c(Connection)
 
@@ -77,3 +83,86 @@ async def test_commands_packed_in_c_reach_a_real_redis(redis_url: str) -> None:
         await client.delete("test-shared:packed")
         await client.close()
         await plain.close()
+
+
+NUMBER, LID = "5511988887777", "98765432109876@lid"
+
+
+def _message(n: int, phone: str, lid: Optional[str] = None) -> InboundMessage:
+    return InboundMessage(
+        instance_id="INSTANCE",
+        message_id=f"MSG{n}",
+        phone=phone,
+        text=f"m{n}",
+        kind="text",
+        metadata={"n": n},
+        raw={},
+        lid=lid,
+        number=phone if phone.isdigit() else None,
+    )
+
+
+@pytest.fixture
+async def delivery(redis_url: str) -> AsyncIterator[RedisDelivery]:
+    prefix = f"test-shared-{uuid.uuid4().hex[:8]}"
+    made = RedisDelivery(connect(redis_url), prefix=prefix, partitions=5, block_seconds=0.1)
+    yield made
+    await made.stop(0)
+    keys = [key async for key in made.redis.scan_iter(f"{prefix}:*")]
+    if keys:
+        await made.redis.delete(*keys)
+    await made.aclose()
+
+
+async def _run(delivery: RedisDelivery, count: int) -> List[InboundMessage]:
+    got: List[InboundMessage] = []
+
+    async def turn(message: InboundMessage) -> None:
+        got.append(message)
+
+    await delivery.start(turn)
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(got) < count:
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+    return got
+
+
+async def test_a_message_lands_in_the_partition_of_its_conversation_not_of_its_phone(
+    delivery: RedisDelivery,
+) -> None:
+    # The script links the LID to the number's conversation and appends to that partition,
+    # so that both forms' messages are read in order by the partition's one owner.
+    stream = delivery.stream
+    assert stream.partition_of(LID) != stream.partition_of(NUMBER)
+    assert await delivery.accept(_message(1, NUMBER, lid=LID))
+    assert await delivery.accept(_message(2, LID))
+    assert not await delivery.accept(_message(2, LID))  # a redelivery appends nothing
+    entries = await delivery.redis.xrange(stream.stream_key(stream.partition_of(NUMBER)))
+    assert [fields["sid"] for _, fields in entries] == [NUMBER, NUMBER]
+    assert sorted(json.loads(entries[1][1]["linked"])) == sorted([NUMBER, LID])
+    first, second = await _run(delivery, 2)
+    assert first.conversation == second.conversation == NUMBER
+    assert (second.phone, second.metadata["phone_number"], second.lid) == (LID, NUMBER, LID)
+
+
+async def test_entries_of_the_previous_release_and_damaged_ones_are_read_as_such(
+    delivery: RedisDelivery,
+) -> None:
+    stream = delivery.stream
+    key = stream.stream_key(stream.partition_of(NUMBER))
+    # Before this release, the record itself carried the linked conversation.
+    earlier = identified(_message(1, LID, lid=LID), NUMBER, [NUMBER, LID])
+    await delivery.redis.xadd(key, {"payload": encode_message(earlier)})
+    # A linking that does not decode: skipped and acknowledged, never run with a wrong sid.
+    damaged = encode_message(_message(2, NUMBER))
+    await delivery.redis.xadd(key, {"payload": damaged, "sid": NUMBER, "linked": "{"})
+    assert await delivery.accept(_message(3, NUMBER))
+    got = await _run(delivery, 2)
+    assert [m.message_id for m in got] == ["MSG1", "MSG3"]
+    assert got[0].conversation == NUMBER and got[0].metadata["phone_number"] == NUMBER
+    for _ in range(100):
+        if await delivery.redis.xlen(key) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await delivery.redis.xlen(key) == 0

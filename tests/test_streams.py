@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Tuple
 
 import pytest
 import redis.asyncio as redis_asyncio
 
-from zapi_channel.delivery.streams import StreamInbox
+from zapi_channel.delivery.streams import PARTITION_LUA, StreamInbox
 
 Seen = List[Tuple[str, int, str, str]]
 
@@ -43,7 +43,9 @@ async def make_inbox(redis_url: str) -> AsyncIterator[Callable[..., StreamInbox]
 def recorder(
     name: str, seen: Seen, inbox: StreamInbox, ack: bool = True
 ) -> Callable[..., Awaitable[None]]:
-    async def handle(partition: int, entry_id: str, payload: Dict[str, Any]) -> None:
+    async def handle(
+        partition: int, entry_id: str, payload: Dict[str, Any], fields: Mapping[str, str]
+    ) -> None:
         seen.append((name, partition, payload["phone"], payload["n"]))
         if ack:
             await inbox.ack(partition, entry_id)
@@ -79,6 +81,25 @@ async def test_one_customer_always_lands_in_the_same_partition(
     phones = [f"55119{n:08d}" for n in range(50)]
     assert [one.partition_of(p) for p in phones] == [two.partition_of(p) for p in phones]
     assert len({one.partition_of(p) for p in phones}) == one.partitions
+
+
+async def test_a_script_picks_the_partition_that_partition_of_picks(
+    make_inbox: Callable[..., StreamInbox],
+) -> None:
+    # The shared delivery's accept picks its stream in Lua: it must agree with Python's zlib
+    # for every customer, whatever the bytes (LIDs, groups, non-ASCII, CRCs above 2**31).
+    inbox = make_inbox(partitions=7)
+    names = [f"55119{n:08d}" for n in range(200)] + [
+        "123456789012345@lid",
+        "120363019502650977-group",
+        "ção ☃ 😀",
+        "",
+        "x" * 300,
+    ]
+    script = PARTITION_LUA + "return partition(ARGV[1], tonumber(ARGV[2]))"
+    for name in names:
+        found = await inbox.redis.eval(script, 0, name, inbox.partitions)
+        assert found == inbox.partition_of(name), name
 
 
 async def test_two_instances_share_the_partitions(make_inbox: Callable[..., StreamInbox]) -> None:

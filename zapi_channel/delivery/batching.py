@@ -12,13 +12,23 @@ Each command still gets its own answer or its own error, exactly as if it had be
 issued, and a coroutine that awaits one command before issuing the next sees them run in that
 order, as before. Only commands that answer at once belong here: a blocking one
 (``XREADGROUP ... BLOCK``) would hold up every command queued behind it.
+
+Lua scripts (:class:`Script`) go by their SHA1 (``EVALSHA``), so that a message's scripts cost
+a few dozen bytes on the wire rather than their whole text, and Redis looks them up rather than
+hashing their text at every call. A Redis that does not know one (restarted, or its script cache
+flushed) answers ``NOSCRIPT``: those commands are sent again with the text (``EVAL``), in the
+order they were issued, right after the rest of their pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Awaitable, Callable, Dict, List, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Sequence, Set, Tuple
+
+from redis.exceptions import NoScriptError
 
 #: Commands an :class:`AutoPipeline` takes: ones that answer at once, never a blocking read.
 PIPELINED = frozenset(
@@ -26,6 +36,33 @@ PIPELINED = frozenset(
 )
 
 _Queued = Tuple[str, Tuple[Any, ...], Dict[str, Any], "asyncio.Future[Any]"]
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, and the SHA1 Redis knows it by."""
+
+    body: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Redis names scripts by SHA1: an identifier here, not a safeguard (and Python 3.8's
+        # hashlib has no usedforsecurity to say so).
+        digest = hashlib.sha1(self.body.encode("utf-8")).hexdigest()  # noqa: S324
+        object.__setattr__(self, "sha", digest)
+
+    def __repr__(self) -> str:
+        return f"Script({self.sha[:12]})"
+
+
+def run_script(
+    commands: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]
+) -> Awaitable[Any]:
+    """``script`` on ``commands``: by its SHA1 through an :class:`AutoPipeline`, else with its
+    text on a plain client (``EVAL``, which always works)."""
+    if isinstance(commands, AutoPipeline):
+        return commands.script(script, keys, args)
+    return commands.eval(script.body, len(keys), *keys, *args)  # type: ignore[no-any-return]
 
 
 class AutoPipeline:
@@ -36,6 +73,8 @@ class AutoPipeline:
         self._queued: List[_Queued] = []
         self._scheduled = False
         self._running: Set[asyncio.Task[None]] = set()
+        # The scripts issued so far, by SHA1: the text to send when Redis does not know one.
+        self._scripts: Dict[str, str] = {}
         #: Pipelines sent so far: fewer than the commands, under load.
         self.pipelines = 0
 
@@ -62,6 +101,13 @@ class AutoPipeline:
             loop.call_soon(self._send)
         return future
 
+    def script(
+        self, script: Script, keys: Sequence[Any], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
+        """Queue ``script`` with ``keys`` and ``args`` (``EVALSHA``); the future of its answer."""
+        self._scripts.setdefault(script.sha, script.body)
+        return self.call("evalsha", script.sha, len(keys), *keys, *args)
+
     def _send(self) -> None:
         self._scheduled = False
         batch, self._queued = self._queued, []
@@ -76,6 +122,15 @@ class AutoPipeline:
             for command, args, kwargs, _ in batch:
                 getattr(pipe, command)(*args, **kwargs)
             answers = await pipe.execute(raise_on_error=False)
+            unknown = [i for i, answer in enumerate(answers) if self._unknown(batch[i], answer)]
+            if unknown:
+                # Redis lost its scripts: those commands again with their text, in order.
+                again = self._client.pipeline(transaction=False)
+                for i in unknown:
+                    sha, *rest = batch[i][1]
+                    again.eval(self._scripts[sha], *rest)
+                for i, answer in zip(unknown, await again.execute(raise_on_error=False)):
+                    answers[i] = answer
         except BaseException as exc:  # every caller gets the failure
             # Redis down, a timeout, a cancelled stop, arguments redis-py refused: nothing of
             # the batch is known to be done, and no caller may be left waiting.
@@ -99,6 +154,13 @@ class AutoPipeline:
             else:
                 future.set_result(answer)
 
+    def _unknown(self, queued: _Queued, answer: Any) -> bool:
+        return (
+            queued[0] == "evalsha"
+            and isinstance(answer, NoScriptError)
+            and queued[1][0] in self._scripts
+        )
+
     async def aclose(self) -> None:
         """Wait for the pipelines on the wire (queued commands go out first)."""
         self._send()
@@ -106,4 +168,4 @@ class AutoPipeline:
             await asyncio.gather(*self._running, return_exceptions=True)
 
 
-__all__ = ["PIPELINED", "AutoPipeline"]
+__all__ = ["PIPELINED", "AutoPipeline", "Script", "run_script"]

@@ -24,12 +24,12 @@ from zapi_channel.delivery.base import (
     FailedSend,
     TurnHandler,
     Turns,
+    encode_message,
     identified,
     message_from_record,
-    message_record,
 )
-from zapi_channel.delivery.batching import AutoPipeline
-from zapi_channel.delivery.streams import StreamInbox
+from zapi_channel.delivery.batching import AutoPipeline, Script
+from zapi_channel.delivery.streams import PARTITION_LUA, StreamInbox
 from zapi_channel.errors import StateUnavailable
 from zapi_channel.inbound import InboundMessage
 from zapi_channel.outbound import Choice
@@ -39,26 +39,48 @@ logger = logging.getLogger(__name__)
 #: Sent markers only matter while a message may still be run again (a takeover, a restart).
 SENT_TTL_SECONDS = 24 * 3600
 
-# The conversation of a customer's forms (the rule: zapi_channel.delivery.base), linked in one
-# atomic step whichever instance runs it. KEYS: one hash per form ({sid, since}); ARGV: now,
-# the sid of a new conversation, the prefix of the per-conversation sets of forms, the forms.
-_IDENTIFY = """
+# What the webhook does with a customer message, in one atomic step whichever instance runs it:
+# link the customer's forms to one conversation (the rule: zapi_channel.delivery.base), then,
+# unless the message was kept already, append it to the stream of that conversation's partition
+# with what the linking found, which the consumer applies (the message's own record is encoded
+# before its conversation is known). One script, so that a webhook costs one command: the
+# partition is picked here, from the conversation, as StreamInbox.partition_of picks it.
+# KEYS: the dedup key, the streams of every partition, then one hash per form ({sid, since}).
+# ARGV: the dedup TTL, the record, the partition count, now, the sid of a new conversation,
+# the prefix of the per-conversation sets of forms, the forms (none for a group).
+_ACCEPT = Script(
+    PARTITION_LUA
+    + """
+local partitions = tonumber(ARGV[3])
+local forms = #KEYS - 1 - partitions
 local best, since = nil, nil
-for i = 1, #KEYS do
-  local row = redis.call('HMGET', KEYS[i], 'sid', 'since')
+for i = 1, forms do
+  local row = redis.call('HMGET', KEYS[1 + partitions + i], 'sid', 'since')
   if row[1] and (best == nil or tonumber(row[2]) < since) then
     best, since = row[1], tonumber(row[2])
   end
 end
-if best == nil then best, since = ARGV[2], tonumber(ARGV[1]) end
-for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], 'sid', best, 'since', since)
-  redis.call('SADD', ARGV[3] .. best, ARGV[3 + i])
+if best == nil then best, since = ARGV[5], tonumber(ARGV[4]) end
+local linked = nil
+if forms > 0 then
+  for i = 1, forms do
+    redis.call('HSET', KEYS[1 + partitions + i], 'sid', best, 'since', since)
+    redis.call('SADD', ARGV[6] .. best, ARGV[6 + i])
+  end
+  linked = redis.call('SMEMBERS', ARGV[6] .. best)
 end
-local forms = redis.call('SMEMBERS', ARGV[3] .. best)
-table.insert(forms, 1, best)
-return forms
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+local stream = KEYS[2 + partition(best, partitions)]
+if linked then
+  redis.call('XADD', stream, '*', 'payload', ARGV[2], 'sid', best, 'linked', cjson.encode(linked))
+else
+  redis.call('XADD', stream, '*', 'payload', ARGV[2])
+end
+return 1
 """
+)
 # Hand a conversation back only while a human still holds it.
 _HAND_BACK = """
 local held = redis.call('GET', KEYS[1])
@@ -69,11 +91,13 @@ end
 return 0
 """
 # Read and delete in one step: two instances must not both map the same "2".
-_TAKE = """
+_TAKE = Script(
+    """
 local value = redis.call('GET', KEYS[1])
 if value then redis.call('DEL', KEYS[1]) end
 return value
 """
+)
 
 
 def connect(url: str) -> Any:
@@ -132,6 +156,17 @@ def _hiredis_packer() -> Optional[Callable[[Tuple[Any, ...]], bytes]]:
 
 _hiredis_pack = _hiredis_packer()
 _packed_classes: Dict[type, type] = {}
+
+
+def _linked(text: Optional[str]) -> Optional[List[str]]:
+    """The forms an entry's ``linked`` field lists; None when it is not a list of strings."""
+    try:
+        forms = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    if not isinstance(forms, list) or not all(isinstance(form, str) for form in forms):
+        return None
+    return forms
 
 
 def _unavailable(prefix: str, exc: BaseException) -> StateUnavailable:
@@ -276,30 +311,29 @@ class RedisDelivery(RedisJournal):
         return self._turns.workers.pending
 
     async def accept(self, message: InboundMessage) -> bool:
+        # A group is its own conversation: its members' forms are not the chat's.
+        forms = () if message.metadata.get("is_group") else message.forms
         try:
-            if not message.metadata.get("is_group"):
-                message = await self._identify(message)
-            return await self.stream.append_once(
-                message.conversation,
-                message_record(message),
-                self._key("dedup", message.dedup_key),
-                self.dedup_ttl_seconds,
+            added = await self.commands.script(
+                _ACCEPT,
+                [
+                    self._key("dedup", message.dedup_key),
+                    *self.stream.stream_keys(),
+                    *(f"{self.prefix}:who:{form}" for form in forms),
+                ],
+                [
+                    self.dedup_ttl_seconds,
+                    encode_message(message),
+                    self.stream.partitions,
+                    time.time(),
+                    message.phone,
+                    f"{self.prefix}:forms:",
+                    *forms,
+                ],
             )
         except _redis_errors() as exc:
             raise _unavailable(self.prefix, exc) from exc
-
-    async def _identify(self, message: InboundMessage) -> InboundMessage:
-        forms = message.forms
-        answer = await self.commands.eval(
-            _IDENTIFY,
-            len(forms),
-            *(f"{self.prefix}:who:{form}" for form in forms),
-            time.time(),
-            message.phone,
-            f"{self.prefix}:forms:",
-            *forms,
-        )
-        return identified(message, str(answer[0]), [str(form) for form in answer[1:]])
+        return bool(added)
 
     async def remember_outgoing(self, message_id: str, record: Mapping[str, Any]) -> None:
         value = json.dumps(dict(record), ensure_ascii=False)
@@ -332,13 +366,20 @@ class RedisDelivery(RedisJournal):
         self._turns.handler = handler
         self.stream.start(self._consume)
 
-    async def _consume(self, partition: int, entry_id: str, payload: Dict[str, Any]) -> None:
+    async def _consume(
+        self, partition: int, entry_id: str, payload: Dict[str, Any], fields: Mapping[str, str]
+    ) -> None:
         """An entry of the inbox: authenticated, parsed and deduplicated by the webhook already."""
         message = message_from_record(payload)
-        if message is None:
+        linked = _linked(fields.get("linked")) if "sid" in fields else None
+        if message is None or (linked is None and "sid" in fields):
             logger.warning("Skipped a damaged entry of the Redis inbox (%s)", entry_id)
             await self.stream.ack(partition, entry_id)
             return
+        if linked is not None:
+            # Its conversation, as the webhook's script linked it (entries of earlier releases
+            # carry it in their record instead).
+            message = identified(message, str(fields["sid"]), linked)
         self._entries[message.dedup_key] = (partition, entry_id)
         self._turns.submit(message)
 
@@ -371,7 +412,7 @@ class RedisDelivery(RedisJournal):
         await self.commands.set(self._key("choices", phone), value, ex=int(CHOICES_TTL_SECONDS))
 
     async def take_choices(self, phone: str) -> Optional[List[Choice]]:
-        value = await self.commands.eval(_TAKE, 1, self._key("choices", phone))
+        value = await self.commands.script(_TAKE, [self._key("choices", phone)], [])
         if not value:
             return None
         try:

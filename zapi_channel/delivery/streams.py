@@ -32,12 +32,15 @@ import uuid
 import zlib
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
+from zapi_channel.delivery.batching import Script, run_script
+
 logger = logging.getLogger(__name__)
 
 GROUP = "zapi"
 
-#: entry handler: (partition, entry id, payload) -> None; it must call ``ack`` when done.
-Handler = Callable[[int, str, Dict[str, Any]], Awaitable[None]]
+#: entry handler: (partition, entry id, payload, the entry's other fields) -> None; it must
+#: call ``ack`` when done.
+Handler = Callable[[int, str, Dict[str, Any], Mapping[str, str]], Awaitable[None]]
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -45,14 +48,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Deduplicate and append in one step: a key set without its entry (or the reverse) cannot happen.
-_APPEND_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('XADD', KEYS[2], '*', 'payload', ARGV[2])
-  return 1
+#: Lua for :meth:`StreamInbox.partition_of` inside a script that picks the stream itself (the
+#: shared delivery's accept, which learns the conversation there): ``partition(text, count)``
+#: is zlib's CRC-32 of the text's bytes modulo ``count``, bit by bit with Redis' ``bit``
+#: library (signed 32-bit results, hence the last correction). Tested against zlib.
+PARTITION_LUA = """
+local function partition(text, count)
+  local crc = -1
+  for i = 1, #text do
+    crc = bit.bxor(crc, string.byte(text, i))
+    for _ = 1, 8 do
+      crc = bit.bxor(bit.rshift(crc, 1), bit.band(0xEDB88320, -bit.band(crc, 1)))
+    end
+  end
+  crc = bit.bnot(crc)
+  if crc < 0 then crc = crc + 4294967296 end
+  return crc % count
 end
-return 0
 """
+# Acknowledge and delete in one command: the entry's turn ran, and the stream stays bounded.
+_ACK = Script(
+    """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])
+"""
+)
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -106,6 +126,10 @@ class StreamInbox:
     def _members_key(self) -> str:
         return f"{self.prefix}:inbox:instances"
 
+    def stream_keys(self) -> List[str]:
+        """Every partition's stream, in partition order."""
+        return [self.stream_key(partition) for partition in range(self.partitions)]
+
     def partition_of(self, phone: str) -> int:
         # crc32, not hash(): Python randomises str hashes per process, and every instance must
         # put one customer in the same partition.
@@ -121,23 +145,6 @@ class StreamInbox:
         )
         return entry
 
-    async def append_once(
-        self, phone: str, payload: Mapping[str, Any], dedup_key: str, ttl_seconds: int
-    ) -> bool:
-        """:meth:`append` unless ``dedup_key`` is set; sets it. One atomic round trip.
-
-        False when the key was already there (a duplicate): nothing is appended.
-        """
-        added = await self.commands.eval(
-            _APPEND_ONCE,
-            2,
-            dedup_key,
-            self.stream_key(self.partition_of(phone)),
-            ttl_seconds,
-            json.dumps(payload, ensure_ascii=False),
-        )
-        return bool(added)
-
     # -- consuming ----------------------------------------------------------------------------
 
     def start(self, handler: Handler) -> None:
@@ -145,13 +152,8 @@ class StreamInbox:
             self._task = asyncio.ensure_future(self._run(handler))
 
     async def ack(self, partition: int, entry_id: str) -> None:
-        key = self.stream_key(partition)
         try:
-            # Issued together: through the AutoPipeline (futures, no task to start) one round
-            # trip for both.
-            await asyncio.gather(
-                self.commands.xack(key, GROUP, entry_id), self.commands.xdel(key, entry_id)
-            )
+            await run_script(self.commands, _ACK, [self.stream_key(partition)], [GROUP, entry_id])
         finally:
             self._in_flight[partition] = max(0, self._in_flight.get(partition, 0) - 1)
 
@@ -286,7 +288,7 @@ class StreamInbox:
             await self.redis.xack(self.stream_key(partition), GROUP, entry_id)
             return
         self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
-        await handler(partition, entry_id, payload)
+        await handler(partition, entry_id, payload, fields)
 
     async def _release(self, partition: int) -> None:
         try:
@@ -296,4 +298,4 @@ class StreamInbox:
             self._draining.discard(partition)
 
 
-__all__ = ["GROUP", "StreamInbox"]
+__all__ = ["GROUP", "PARTITION_LUA", "StreamInbox"]
