@@ -330,6 +330,27 @@ async def test_a_handoff_lasts_until_its_time_or_a_hand_back(make: Make) -> None
     assert await delivery.handoff(NUMBER) is None
 
 
+async def test_choices_wait_out_a_handoff_and_are_taken_once(make: Make) -> None:
+    # A turn asks handoff() and then take_choices(): the Redis delivery answers both with one
+    # command, which must not take the choices of a conversation a human holds.
+    delivery = make()
+    await delivery.remember_choices(NUMBER, MENU)
+    await delivery.pause(NUMBER, time.time() + 600)
+    # Held, and the paused message not recorded: its turn ends here, asking nothing more.
+    assert await delivery.handoff(NUMBER) is not None
+    await delivery.end_handoff(NUMBER)
+    # The next turn finds the menu it answers.
+    assert await delivery.handoff(NUMBER) is None
+    assert await delivery.take_choices(NUMBER) == MENU
+    assert await delivery.take_choices(NUMBER) is None
+    # Held, and the paused message recorded: that turn takes them, once.
+    await delivery.remember_choices(NUMBER, MENU[:1])
+    await delivery.pause(NUMBER, time.time() + 600)
+    assert await delivery.handoff(NUMBER) is not None
+    assert await delivery.take_choices(NUMBER) == MENU[:1]
+    assert await delivery.take_choices(NUMBER) is None
+
+
 async def test_our_sends_are_remembered_by_message_id(make: Make) -> None:
     delivery = make()
     record = {"endpoint": "send-text", "phone": NUMBER, "body": {"message": "oi"}}

@@ -90,6 +90,21 @@ if held and tonumber(held) > tonumber(ARGV[1]) then
 end
 return 0
 """
+# What a turn asks first, in one command: whether a human holds the conversation and, when none
+# does, the numbered choices it was offered (taken, as _TAKE takes them). A conversation a human
+# holds keeps its choices: its turn may not run, or may take them itself.
+# KEYS: the handoff key, the choices key; ARGV: now.
+_BEFORE_TURN = Script(
+    """
+local held = redis.call('GET', KEYS[1])
+if held and tonumber(held) and tonumber(held) > tonumber(ARGV[1]) then
+  return {held, 0, false}
+end
+local choices = redis.call('GET', KEYS[2])
+if choices then redis.call('DEL', KEYS[2]) end
+return {held or false, 1, choices or false}
+"""
+)
 # Read and delete in one step: two instances must not both map the same "2".
 _TAKE = Script(
     """
@@ -295,6 +310,8 @@ class RedisDelivery(RedisJournal):
         self._turns = Turns(max_concurrency, self._finish, merge_window=merge_window)
         # Where each running message sits in the streams, to acknowledge it once answered.
         self._entries: Dict[str, tuple] = {}  # type: ignore[type-arg]
+        # Choices that handoff() took for a turn about to ask take_choices(), by conversation.
+        self._taken: Dict[str, Optional[str]] = {}
 
     def __repr__(self) -> str:
         return f"RedisDelivery(prefix={self.prefix!r})"
@@ -353,9 +370,19 @@ class RedisDelivery(RedisJournal):
         await self.commands.set(self._key("handoff", conversation), repr(until), ex=ttl)
 
     async def handoff(self, conversation: str) -> Optional[float]:
-        value = await self.commands.get(self._key("handoff", conversation))
+        # Asked before every turn, whose next question is take_choices(): both in one command
+        # (_BEFORE_TURN), the choices kept here for it.
+        held, took, choices = await self.commands.script(
+            _BEFORE_TURN,
+            [self._key("handoff", conversation), self._key("choices", conversation)],
+            [repr(time.time())],
+        )
+        if took:
+            self._taken[conversation] = choices or None
+        else:
+            self._taken.pop(conversation, None)
         try:
-            return float(value) if value is not None else None
+            return float(held) if held else None
         except ValueError:
             return None
 
@@ -384,6 +411,9 @@ class RedisDelivery(RedisJournal):
         self._turns.submit(message)
 
     async def _finish(self, message: InboundMessage) -> None:
+        # A turn that failed before it asked for its choices: they were taken all the same, as
+        # the turn would have taken them. Its conversation's next turn comes after this.
+        self._taken.pop(message.conversation, None)
         where = self._entries.pop(message.dedup_key, None)
         if where is None:
             return
@@ -412,7 +442,10 @@ class RedisDelivery(RedisJournal):
         await self.commands.set(self._key("choices", phone), value, ex=int(CHOICES_TTL_SECONDS))
 
     async def take_choices(self, phone: str) -> Optional[List[Choice]]:
-        value = await self.commands.script(_TAKE, [self._key("choices", phone)], [])
+        if phone in self._taken:
+            value = self._taken.pop(phone)
+        else:
+            value = await self.commands.script(_TAKE, [self._key("choices", phone)], [])
         if not value:
             return None
         try:
