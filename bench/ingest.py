@@ -119,9 +119,11 @@ def _durable_why(
         f"({median(embedded.loop_us):.0f} µs against {median(memory.loop_us):.0f} µs for the "
         "same channel with the inbox in memory), and the state file's writer process "
         f"{median(embedded.writer_us):.0f} µs, on the other core: the statements, the kept "
-        "message's JSON and the commits run there, with a GIL of their own. What the loop "
-        "still pays is handing each message over and reading the answer (pickled as plain "
-        "values: measured, a third of the cost of pickling the message and the function), "
+        "message's JSON and the commits run there, with a GIL of their own, at a lower CPU "
+        "priority than the bot (nice +5: when wrk, the loop and the writer want the two cores "
+        "at once, the loop goes first and the writer's next batch grows). What the loop "
+        "still pays is handing each message over and applying what comes back (the message "
+        "crosses as plain values, its conversation and forms come back), "
         "and a second step of each webhook's task, which now waits for its commit. The loop "
         f"was busy about {loop_busy:.0%} of the time against {memory_busy:.0%} with the inbox "
         f"in memory: with {CONNECTIONS} connections, each waiting for a commit that reaches "
@@ -131,7 +133,10 @@ def _durable_why(
             if batches is not None
             else ""
         )
-        + ", there are moments when every request waits and the loop has nothing to do. "
+        + ", there are moments when every request waits on the writer and the loop has nothing "
+        "to do. Commits that skip the disk (synchronous=NORMAL for every batch, tried with the "
+        "writer process) did not shorten those moments (52% of bare against 55% in one run): "
+        "what the writer's batches wait for is mostly a core, hence its lower priority. "
         f"The previous design, a writer thread in the bot's own process, measured beside it "
         f"in the same rounds: {thread.rate / bare.rate:.0%} of bare against "
         f"{embedded.rate / bare.rate:.0%}, its event loop {median(thread.loop_us):.0f} µs and "
@@ -144,10 +149,12 @@ def _durable_why(
         parts.append(
             f"Redis costs {redis.cpu_per_request - memory.cpu_per_request:.0f} µs more per "
             "request than the in-memory path: the commands of concurrent webhooks and turns now "
-            "go as one pipeline (zapi_channel/delivery/batching.py), and what is left is "
-            "redis-py's Python work for each pipeline: linking, then appending (two in turn, "
-            "since the stream depends on the conversation), reading, the turn's handoff and "
-            "menu lookups, and the acknowledgement."
+            "go as one pipeline (zapi_channel/delivery/batching.py), each message costs three "
+            "commands (the webhook's link-and-append script, which picks the partition "
+            "itself, the turn's handoff-and-menu script, the acknowledgement script), scripts "
+            "go by SHA1, and what is left is redis-py's Python work for each pipeline (building "
+            "it, reading each answer) and the stream's read: the entry's JSON back into a "
+            "message, which the in-memory path never parses."
         )
     return " ".join(parts)
 

@@ -308,13 +308,17 @@ def _purge(connection: sqlite3.Connection, now: float) -> None:
 
 def _accept(
     connection: sqlite3.Connection, values: Tuple[Any, ...], ttl: float, now: float
-) -> Optional[Tuple[int, Tuple[Any, ...]]]:
-    """The new message's place in the inbox, and the message in its conversation; None if
-    seen in the window. Messages cross as :meth:`InboundMessage.as_values`.
+) -> Optional[Tuple[int, Optional[str], List[str]]]:
+    """The new message's place in the inbox, its conversation and its customer's forms (None
+    and none for a group, its own conversation); None if seen in the window. The message
+    crosses as :meth:`InboundMessage.as_values`; what comes back is what the bot applies to its
+    own copy (:func:`~zapi_channel.delivery.base.identified`), a fraction of the message.
 
     ``now`` is the bot's clock, so that one clock decides when a dedup key expires.
     """
     message = InboundMessage.from_values(values)
+    sender_id: Optional[str] = None
+    linked: List[str] = []
     # Identity first, so that keeping the message is one statement. A duplicate's links are
     # the ones its first delivery made: linking them again changes nothing.
     if not message.metadata.get("is_group"):
@@ -326,7 +330,7 @@ def _accept(
     )
     if not kept.rowcount:
         return None
-    return int(kept.lastrowid or 0), message.as_values()
+    return int(kept.lastrowid or 0), sender_id, linked
 
 
 def _identify(
@@ -634,9 +638,10 @@ class EmbeddedDelivery(EmbeddedJournal):
             self._accepting.discard(key)
         if kept is None:
             return False
-        seq, values = kept
-        message = InboundMessage.from_values(values)
-        self._seqs[message.dedup_key] = seq
+        seq, sender_id, linked = kept
+        if sender_id is not None:
+            message = identified(message, sender_id, linked)
+        self._seqs[key] = seq
         if self._stopping:
             return True  # kept in the file for the next start
         if self._turns.handler is None:

@@ -109,6 +109,7 @@ class StreamInbox:
         self._draining: Set[int] = set()
         self._in_flight: Dict[int, int] = {}
         self._groups_ready: Set[int] = set()
+        self._stream_keys: Optional[Tuple[str, ...]] = None
         self._task: Optional[asyncio.Task[None]] = None
         self._stopping = False
 
@@ -126,9 +127,11 @@ class StreamInbox:
     def _members_key(self) -> str:
         return f"{self.prefix}:inbox:instances"
 
-    def stream_keys(self) -> List[str]:
-        """Every partition's stream, in partition order."""
-        return [self.stream_key(partition) for partition in range(self.partitions)]
+    def stream_keys(self) -> Tuple[str, ...]:
+        """Every partition's stream, in partition order (named once: every webhook asks)."""
+        if self._stream_keys is None:
+            self._stream_keys = tuple(self.stream_key(p) for p in range(self.partitions))
+        return self._stream_keys
 
     def partition_of(self, phone: str) -> int:
         # crc32, not hash(): Python randomises str hashes per process, and every instance must
