@@ -56,6 +56,19 @@ def test_text_becomes_a_message_with_the_envelope_in_metadata(
     assert meta["participant_phone"] is None
 
 
+def test_a_parsed_message_is_the_one_its_constructor_would_make(
+    callback: Load, config: ChannelConfig
+) -> None:
+    # The parser fills the instance's fields without __init__: every field, nothing else.
+    parsed = parse_body(json.dumps(callback("received_text")).encode(), config)
+    assert isinstance(parsed, InboundMessage)
+    assert parsed.__dict__.keys() == {f.name for f in dataclasses.fields(InboundMessage)}
+    made = InboundMessage(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)})
+    assert made == parsed and made.__dict__ == parsed.__dict__
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.text = "changed"  # type: ignore[misc]
+
+
 def test_evolve_is_replace_for_the_fields_and_refuses_other_names(
     callback: Load, config: ChannelConfig
 ) -> None:
