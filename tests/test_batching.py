@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import AsyncIterator, Dict
+from typing import AsyncIterator, Dict, List
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from tests.livesanic import free_port
+from zapi_channel.delivery import batching
 from zapi_channel.delivery.batching import AutoPipeline, Script
 
 
@@ -146,3 +147,124 @@ async def test_a_command_redis_py_refuses_fails_its_burst_and_leaves_no_one_wait
     assert all(isinstance(result, TypeError) for result in results)
     # The next burst is not affected.
     assert await batched.set(f"{prefix}:b", "1", ex=60) is True
+
+
+async def test_calls_of_a_batchable_script_go_as_one_command_each_with_its_own_outcome(
+    client: redis_asyncio.Redis, prefix: str
+) -> None:
+    batched = AutoPipeline(client)
+    script = Script(
+        prelude="local function twice(n) return 2 * n end\n",
+        body=f"""
+-- {prefix}
+if ARGV[1] == 'fail' then return redis.call('INCR', KEYS[2]) end
+if ARGV[1] == 'nothing' then return nil end
+if ARGV[1] == 'read' then return redis.call('GET', KEYS[1]) end
+return {{twice(redis.call('INCRBY', KEYS[1], ARGV[1])), #KEYS, #ARGV}}
+""",
+        batchable=True,
+    )
+    assert script.many is not None and script.many.sha != script.sha
+    counter, text = f"{prefix}:n", f"{prefix}:text"
+    await client.set(text, "not a number", ex=60)
+    calls = await evals(client)
+    results = await asyncio.gather(
+        batched.script(script, [counter], [1]),
+        batched.script(script, [counter, text], ["fail"]),
+        batched.set(f"{prefix}:beside", "1", ex=60),
+        batched.script(script, [f"{prefix}:beside"], ["read"]),
+        batched.script(script, [counter], ["nothing"]),
+        batched.script(script, [counter], [10, "extra"]),
+        return_exceptions=True,
+    )
+    # In the order issued, each call with only its own keys and arguments; the failing one
+    # alone gets Redis' own error, the others ran all the same.
+    assert results[0] == [2, 1, 1]
+    assert isinstance(results[1], ResponseError) and "not an integer" in str(results[1])
+    # The call issued after the SET saw it: calls join only the command queued last.
+    assert results[2] is True and results[3] == "1" and results[4] is None
+    assert results[5] == [22, 1, 2]
+    assert await client.get(counter) == "11"
+    after = await evals(client)
+    # One command for the two calls before the SET, one for the three after it (each sent
+    # again with its text: this Redis did not know it).
+    assert after["evalsha"] == calls["evalsha"] + 2 and after["eval"] == calls["eval"] + 2
+    assert batched.pipelines == 1
+    # Issued in one iteration, awaited one by one later: still one command.
+    pending = [batched.script(script, [counter], [1]) for _ in range(5)]
+    assert [(await one)[0] for one in pending] == [24, 26, 28, 30, 32]
+    assert (await evals(client))["evalsha"] == after["evalsha"] + 1
+    await client.delete(counter, text, f"{prefix}:beside")
+
+
+async def client_ids(client: redis_asyncio.Redis, name: str) -> List[int]:
+    return [int(c["id"]) for c in await client.client_list() if c.get("name") == name]
+
+
+@pytest.fixture
+async def named(redis_url: str, prefix: str) -> AsyncIterator[redis_asyncio.Redis]:
+    """A client whose connections Redis lists under one name."""
+    made = redis_asyncio.Redis.from_url(
+        redis_url, decode_responses=True, client_name=f"{prefix}-held"
+    )
+    yield made
+    await made.close()
+
+
+async def test_what_is_issued_while_a_pipeline_is_out_goes_as_the_next_one_on_its_connection(
+    named: redis_asyncio.Redis, client: redis_asyncio.Redis, prefix: str
+) -> None:
+    batched = AutoPipeline(named)
+    # About 50 ms inside Redis: the later commands are issued while it is out.
+    slow = Script(
+        f"-- {prefix}\nlocal t = redis.call('TIME')\nlocal stop = t[1] * 1e6 + t[2] + 50000\n"
+        "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= stop\nreturn 1"
+    )
+    await client.script_load(slow.text)
+    first = batched.script(slow, [], [])
+    later = []
+    for n in range(5):
+        await asyncio.sleep(0.005)  # each in an iteration of its own
+        later.append(batched.get(f"{prefix}:{n}"))
+    assert await first == 1 and await asyncio.gather(*later) == [None] * 5
+    # One pipeline for everything issued meanwhile, on the one connection.
+    assert batched.pipelines == 2
+    assert len(await client_ids(client, f"{prefix}-held")) == 1
+    await batched.aclose()
+
+
+async def test_pipelines_hold_one_connection_that_a_restart_of_redis_does_not_break(
+    named: redis_asyncio.Redis,
+    client: redis_asyncio.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = f"{prefix}-held"
+    batched = AutoPipeline(named)
+    try:
+        for n in range(20):
+            assert await batched.set(f"{prefix}:{n}", "1", ex=60) is True
+        held = await client_ids(client, name)
+        assert len(held) == 1  # twenty pipelines, one connection
+        # Redis drops it (a restart, a timeout); once it was idle a while, the next pipeline
+        # notices before it sends, and nothing of it fails.
+        await client.client_kill_filter(_id=held[0])
+        monkeypatch.setattr(batching, "IDLE_CHECK_SECONDS", 0.0)
+        assert await batched.get(f"{prefix}:0") == "1"
+        again = await client_ids(client, name)
+        assert len(again) == 1 and again != held
+        # Dropped while pipelines follow one another: the next one fails, as any command on a
+        # dead connection does, and the one after it has a new connection.
+        monkeypatch.setattr(batching, "IDLE_CHECK_SECONDS", 3600.0)
+        await client.client_kill_filter(_id=again[0])
+        with pytest.raises((RedisConnectionError, OSError)):
+            await batched.get(f"{prefix}:0")
+        assert await batched.get(f"{prefix}:1") == "1"
+        last = await client_ids(client, name)
+        await batched.aclose()
+        # Given back to the client's pool, open, for its other users.
+        assert await client_ids(client, name) == last
+        assert await named.get(f"{prefix}:2") == "1"
+        assert await client_ids(client, name) == last
+    finally:
+        await client.delete(*(f"{prefix}:{n}" for n in range(20)))
