@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
+from zapi_channel.delivery import shared
 from zapi_channel.delivery.base import encode_message, identified
 from zapi_channel.delivery.shared import RedisDelivery, _PackedByHiredis, connect, packing_in_c
 from zapi_channel.inbound import InboundMessage
@@ -166,3 +167,64 @@ async def test_entries_of_the_previous_release_and_damaged_ones_are_read_as_such
             break
         await asyncio.sleep(0.02)
     assert await delivery.redis.xlen(key) == 0
+
+
+async def _owning_all(delivery: RedisDelivery, turn: Any) -> None:
+    await delivery.start(turn)
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(delivery.stream.owned) < delivery.stream.partitions:
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_message_read_back_by_the_instance_that_kept_it_is_not_decoded_again(
+    delivery: RedisDelivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: List[Any] = []
+    monkeypatch.setattr(shared, "message_from_record", decoded.append)
+    got: List[InboundMessage] = []
+
+    async def turn(message: InboundMessage) -> None:
+        got.append(message)
+
+    await _owning_all(delivery, turn)
+    assert await delivery.accept(_message(1, NUMBER, lid=LID))
+    assert await delivery.accept(_message(2, LID))
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(got) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+    assert decoded == []  # both came from this instance's own memory
+    # Exactly as a reader elsewhere would run them: in the one conversation, both forms known.
+    assert [m.message_id for m in got] == ["MSG1", "MSG2"]
+    assert got[0].conversation == got[1].conversation == NUMBER
+    assert (got[1].phone, got[1].metadata["phone_number"], got[1].lid) == (LID, NUMBER, LID)
+    assert all(not m.raw for m in got)
+    assert delivery._local == {}
+
+
+async def test_a_message_read_back_before_its_scripts_answer_gets_its_conversation_from_the_entry(
+    delivery: RedisDelivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The webhook named the message and the script appended it, but this instance read the
+    # entry before it read the script's answer: the message is here, its conversation not yet.
+    message = _message(1, LID)
+    name = f"{delivery.stream.instance_id}:test"
+    delivery._local[name] = message
+    stream = delivery.stream
+    await delivery.redis.xadd(
+        stream.stream_key(stream.partition_of(NUMBER)),
+        {"payload": "not even JSON", "o": name, "sid": NUMBER, "linked": json.dumps([NUMBER, LID])},
+    )
+    (got,) = await _run(delivery, 1)
+    assert got.message_id == "MSG1" and got.conversation == NUMBER
+    assert (got.phone, got.metadata["phone_number"], got.lid) == (LID, NUMBER, LID)
+
+
+async def test_a_message_for_a_partition_read_elsewhere_is_not_kept_in_memory(
+    delivery: RedisDelivery,
+) -> None:
+    # Not started: this instance reads no partition, so another instance will read it.
+    assert await delivery.accept(_message(1, NUMBER))
+    assert not await delivery.accept(_message(1, NUMBER))
+    assert delivery._local == {}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Mapping, Tuple
 
 import pytest
 import redis.asyncio as redis_asyncio
 
-from zapi_channel.delivery.streams import PARTITION_LUA, StreamInbox
+from zapi_channel.delivery.streams import PARTITION_LUA, StreamInbox, payload_of
 
 Seen = List[Tuple[str, int, str, str]]
 
@@ -43,9 +43,9 @@ async def make_inbox(redis_url: str) -> AsyncIterator[Callable[..., StreamInbox]
 def recorder(
     name: str, seen: Seen, inbox: StreamInbox, ack: bool = True
 ) -> Callable[..., Awaitable[None]]:
-    async def handle(
-        partition: int, entry_id: str, payload: Dict[str, Any], fields: Mapping[str, str]
-    ) -> None:
+    async def handle(partition: int, entry_id: str, fields: Mapping[str, str]) -> None:
+        payload = payload_of(fields)
+        assert payload is not None
         seen.append((name, partition, payload["phone"], payload["n"]))
         if ack:
             await inbox.ack(partition, entry_id)

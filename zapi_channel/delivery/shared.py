@@ -13,6 +13,7 @@ One async client serves all of it. Every entry expires or is removed: Redis stay
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import logging
 import time
@@ -29,7 +30,7 @@ from zapi_channel.delivery.base import (
     message_from_record,
 )
 from zapi_channel.delivery.batching import AutoPipeline, Script
-from zapi_channel.delivery.streams import PARTITION_LUA, StreamInbox
+from zapi_channel.delivery.streams import PARTITION_LUA, StreamInbox, payload_of
 from zapi_channel.errors import StateUnavailable
 from zapi_channel.inbound import InboundMessage
 from zapi_channel.outbound import Choice
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 #: Sent markers only matter while a message may still be run again (a takeover, a restart).
 SENT_TTL_SECONDS = 24 * 3600
+#: Messages of this instance's webhooks, kept from their append until this instance reads
+#: them back, so that it does not decode its own record again: each entry names the webhook's
+#: message (field ``o``, this instance's id and a counter). Bounded: a message whose partition
+#: changed hands after its append is never read back here, and the oldest such go first.
+LOCAL_MESSAGES = 1024
 
 # What the webhook does with a customer message, in one atomic step whichever instance runs it:
 # link the customer's forms to one conversation (the rule: zapi_channel.delivery.base), then,
@@ -47,10 +53,14 @@ SENT_TTL_SECONDS = 24 * 3600
 # partition is picked here, from the conversation, as StreamInbox.partition_of picks it.
 # KEYS: the dedup key, the streams of every partition, then one hash per form ({sid, since}).
 # ARGV: the dedup TTL, the record, the partition count, now, the sid of a new conversation,
-# the prefix of the per-conversation sets of forms, the forms (none for a group).
+# the prefix of the per-conversation sets of forms, the webhook's own name for the message
+# (LOCAL_MESSAGES), the forms (none for a group).
+# Answers 0 for a message kept already, else its partition and, when its forms were linked,
+# its conversation and the forms linked to it (what the consumer applies).
 _ACCEPT = Script(
-    PARTITION_LUA
-    + """
+    prelude=PARTITION_LUA,
+    batchable=True,
+    body="""
 local partitions = tonumber(ARGV[3])
 local forms = #KEYS - 1 - partitions
 local best, since = nil, nil
@@ -65,21 +75,23 @@ local linked = nil
 if forms > 0 then
   for i = 1, forms do
     redis.call('HSET', KEYS[1 + partitions + i], 'sid', best, 'since', since)
-    redis.call('SADD', ARGV[6] .. best, ARGV[6 + i])
+    redis.call('SADD', ARGV[6] .. best, ARGV[7 + i])
   end
   linked = redis.call('SMEMBERS', ARGV[6] .. best)
 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
-local stream = KEYS[2 + partition(best, partitions)]
+local p = partition(best, partitions)
+local stream = KEYS[2 + p]
 if linked then
-  redis.call('XADD', stream, '*', 'payload', ARGV[2], 'sid', best, 'linked', cjson.encode(linked))
-else
-  redis.call('XADD', stream, '*', 'payload', ARGV[2])
+  redis.call('XADD', stream, '*', 'payload', ARGV[2], 'o', ARGV[7], 'sid', best,
+             'linked', cjson.encode(linked))
+  return {p, best, linked}
 end
-return 1
-"""
+redis.call('XADD', stream, '*', 'payload', ARGV[2], 'o', ARGV[7])
+return {p}
+""",
 )
 # Hand a conversation back only while a human still holds it.
 _HAND_BACK = """
@@ -95,7 +107,8 @@ return 0
 # holds keeps its choices: its turn may not run, or may take them itself.
 # KEYS: the handoff key, the choices key; ARGV: now.
 _BEFORE_TURN = Script(
-    """
+    batchable=True,
+    body="""
 local held = redis.call('GET', KEYS[1])
 if held and tonumber(held) and tonumber(held) > tonumber(ARGV[1]) then
   return {held, 0, false}
@@ -103,7 +116,7 @@ end
 local choices = redis.call('GET', KEYS[2])
 if choices then redis.call('DEL', KEYS[2]) end
 return {held or false, 1, choices or false}
-"""
+""",
 )
 # Read and delete in one step: two instances must not both map the same "2".
 _TAKE = Script(
@@ -312,6 +325,9 @@ class RedisDelivery(RedisJournal):
         self._entries: Dict[str, tuple] = {}  # type: ignore[type-arg]
         # Choices that handoff() took for a turn about to ask take_choices(), by conversation.
         self._taken: Dict[str, Optional[str]] = {}
+        # This instance's webhooks' messages until read back, by their names (LOCAL_MESSAGES).
+        self._local: Dict[str, InboundMessage] = {}
+        self._names = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"RedisDelivery(prefix={self.prefix!r})"
@@ -330,6 +346,13 @@ class RedisDelivery(RedisJournal):
     async def accept(self, message: InboundMessage) -> bool:
         # A group is its own conversation: its members' forms are not the chat's.
         forms = () if message.metadata.get("is_group") else message.forms
+        # Named before the append: this instance may read the entry back before it reads the
+        # script's answer (two connections), and then finds the message here.
+        name = f"{self.stream.instance_id}:{next(self._names)}"
+        local = self._local
+        local[name] = message
+        if len(local) > LOCAL_MESSAGES:
+            del local[next(iter(local))]
         try:
             added = await self.commands.script(
                 _ACCEPT,
@@ -345,12 +368,22 @@ class RedisDelivery(RedisJournal):
                     time.time(),
                     message.phone,
                     f"{self.prefix}:forms:",
+                    name,
                     *forms,
                 ],
             )
         except _redis_errors() as exc:
+            local.pop(name, None)
             raise _unavailable(self.prefix, exc) from exc
-        return bool(added)
+        if not added:
+            local.pop(name, None)
+            return False
+        if added[0] not in self.stream.owned:
+            local.pop(name, None)  # another instance reads it
+        elif len(added) == 3 and name in local:
+            # Not read back yet: it waits with its conversation applied, as it will run.
+            local[name] = identified(message, str(added[1]), [str(f) for f in added[2]])
+        return True
 
     async def remember_outgoing(self, message_id: str, record: Mapping[str, Any]) -> None:
         value = json.dumps(dict(record), ensure_ascii=False)
@@ -393,20 +426,21 @@ class RedisDelivery(RedisJournal):
         self._turns.handler = handler
         self.stream.start(self._consume)
 
-    async def _consume(
-        self, partition: int, entry_id: str, payload: Dict[str, Any], fields: Mapping[str, str]
-    ) -> None:
+    async def _consume(self, partition: int, entry_id: str, fields: Mapping[str, str]) -> None:
         """An entry of the inbox: authenticated, parsed and deduplicated by the webhook already."""
-        message = message_from_record(payload)
-        linked = _linked(fields.get("linked")) if "sid" in fields else None
-        if message is None or (linked is None and "sid" in fields):
-            logger.warning("Skipped a damaged entry of the Redis inbox (%s)", entry_id)
-            await self.stream.ack(partition, entry_id)
-            return
-        if linked is not None:
-            # Its conversation, as the webhook's script linked it (entries of earlier releases
-            # carry it in their record instead).
-            message = identified(message, str(fields["sid"]), linked)
+        message = self._local.pop(fields.get("o", ""), None)
+        if message is None or (not message.sender_id and "sid" in fields):
+            if message is None:
+                message = message_from_record(payload_of(fields))
+            linked = _linked(fields.get("linked")) if "sid" in fields else None
+            if message is None or (linked is None and "sid" in fields):
+                logger.warning("Skipped a damaged entry of the Redis inbox (%s)", entry_id)
+                await self.stream.ack(partition, entry_id)
+                return
+            if linked is not None:
+                # Its conversation, as the webhook's script linked it (entries of earlier
+                # releases carry it in their record instead).
+                message = identified(message, str(fields["sid"]), linked)
         self._entries[message.dedup_key] = (partition, entry_id)
         self._turns.submit(message)
 

@@ -38,9 +38,11 @@ logger = logging.getLogger(__name__)
 
 GROUP = "zapi"
 
-#: entry handler: (partition, entry id, payload, the entry's other fields) -> None; it must
-#: call ``ack`` when done.
-Handler = Callable[[int, str, Dict[str, Any], Mapping[str, str]], Awaitable[None]]
+#: entry handler: (partition, entry id, the entry's fields) -> None; it must call ``ack`` when
+#: done, a damaged entry included. The fields are as the producer wrote them: ``payload``
+#: (JSON, see :func:`payload_of`) and whatever else it added. The inbox does not decode the
+#: payload: a handler that still holds the message it appended skips that.
+Handler = Callable[[int, str, Mapping[str, str]], Awaitable[None]]
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -68,10 +70,11 @@ end
 """
 # Acknowledge and delete in one command: the entry's turn ran, and the stream stays bounded.
 _ACK = Script(
-    """
+    batchable=True,
+    body="""
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('XDEL', KEYS[1], ARGV[2])
-"""
+""",
 )
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -283,15 +286,8 @@ class StreamInbox:
     async def _deliver(
         self, partition: int, entry_id: str, fields: Mapping[str, str], handler: Handler
     ) -> None:
-        try:
-            payload = json.loads(fields.get("payload", ""))
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
-            await self.redis.xack(self.stream_key(partition), GROUP, entry_id)
-            return
         self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
-        await handler(partition, entry_id, payload, fields)
+        await handler(partition, entry_id, fields)
 
     async def _release(self, partition: int) -> None:
         try:
@@ -301,4 +297,13 @@ class StreamInbox:
             self._draining.discard(partition)
 
 
-__all__ = ["GROUP", "PARTITION_LUA", "StreamInbox"]
+def payload_of(fields: Mapping[str, str]) -> Optional[Dict[str, Any]]:
+    """An entry's ``payload`` field decoded; None if it is missing or not a JSON object."""
+    try:
+        payload = json.loads(fields.get("payload", ""))
+    except (ValueError, TypeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+__all__ = ["GROUP", "PARTITION_LUA", "StreamInbox", "payload_of"]
