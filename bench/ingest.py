@@ -148,13 +148,17 @@ def _durable_why(
     if redis is not None:
         parts.append(
             f"Redis costs {redis.cpu_per_request - memory.cpu_per_request:.0f} µs more per "
-            "request than the in-memory path: the commands of concurrent webhooks and turns now "
-            "go as one pipeline (zapi_channel/delivery/batching.py), each message costs three "
-            "commands (the webhook's link-and-append script, which picks the partition "
-            "itself, the turn's handoff-and-menu script, the acknowledgement script), scripts "
-            "go by SHA1, and what is left is redis-py's Python work for each pipeline (building "
-            "it, reading each answer) and the stream's read: the entry's JSON back into a "
-            "message, which the in-memory path never parses."
+            "request than the in-memory path, all of it on the event loop (the file has a "
+            "writer process; Redis has no process of its own): each message runs three scripts "
+            "(the webhook's link-and-append, which picks the partition itself, the turn's "
+            "handoff-and-menu, the acknowledgement). Calls of one script that follow one "
+            "another go as one command, one pipeline is on the wire at a time on a connection "
+            "the bot holds (zapi_channel/delivery/batching.py), and a message read back by the "
+            "instance that appended it is not decoded again. What is left is redis-py's Python "
+            "work: the message's JSON for its entry, packing each call's keys and arguments "
+            "(the append names every partition's stream), reading the answers and the stream. "
+            "Running that in a process of its own, as the file's writer does, is what would "
+            "take it off the loop."
         )
     return " ".join(parts)
 
