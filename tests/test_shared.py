@@ -228,3 +228,24 @@ async def test_a_message_for_a_partition_read_elsewhere_is_not_kept_in_memory(
     assert await delivery.accept(_message(1, NUMBER))
     assert not await delivery.accept(_message(1, NUMBER))
     assert delivery._local == {}
+
+
+async def test_an_entry_an_earlier_process_appended_is_never_taken_for_a_message_kept_here(
+    delivery: RedisDelivery, redis_url: str
+) -> None:
+    # An earlier process under the same inbox id (the id may be given) appended MSG1 and died
+    # before reading it; this one keeps its own first message, MSG2, waiting to be read back.
+    earlier = RedisDelivery(connect(redis_url), prefix=delivery.prefix, partitions=5)
+    earlier.stream.instance_id = delivery.stream.instance_id
+    try:
+        assert await earlier.accept(_message(1, NUMBER))
+    finally:
+        await earlier.aclose()
+    delivery._local.clear()
+    mine = _message(2, NUMBER)
+    delivery.stream.owned.add(delivery.stream.partition_of(NUMBER))
+    assert await delivery.accept(mine)
+    (first, second) = await _run(delivery, 2)
+    # Each entry runs its own message: the earlier one decoded from its record.
+    assert [first.message_id, second.message_id] == ["MSG1", "MSG2"]
+    assert first.text == "m1" and second.text == "m2"

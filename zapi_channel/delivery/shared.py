@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import time
+import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from zapi_channel.delivery.base import (
@@ -327,6 +328,9 @@ class RedisDelivery(RedisJournal):
         self._taken: Dict[str, Optional[str]] = {}
         # This instance's webhooks' messages until read back, by their names (LOCAL_MESSAGES).
         self._local: Dict[str, InboundMessage] = {}
+        # Names unique to this process, whatever the inbox's instance id: an entry another
+        # process appended (one that ran before it under the same id, say) never matches one.
+        self._origin = uuid.uuid4().hex
         self._names = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -348,7 +352,7 @@ class RedisDelivery(RedisJournal):
         forms = () if message.metadata.get("is_group") else message.forms
         # Named before the append: this instance may read the entry back before it reads the
         # script's answer (two connections), and then finds the message here.
-        name = f"{self.stream.instance_id}:{next(self._names)}"
+        name = f"{self._origin}:{next(self._names)}"
         local = self._local
         local[name] = message
         if len(local) > LOCAL_MESSAGES:
