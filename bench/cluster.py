@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence
 import httpx
 
 from bench import bodies
-from bench.common import WEBHOOK_TOKEN, Context, start_emulator
+from bench.common import WEBHOOK_TOKEN, Context, forgetting_keys, start_emulator
 from bench.e2e import TEXT, Run, finish_zapi
 from bench.load import LoadResult, burst, new_client
 from bench.procs import BIN, Process, Processes, free_port
@@ -76,7 +76,8 @@ def run(ctx: Context) -> Section:
     local = run_local()
     local.train_if_needed()
     prefix = f"bench-cluster-{uuid.uuid4().hex[:8]}"
-    with Processes(ctx.log_dir) as procs:
+    # The bots stop first, then the keys of both deployments go.
+    with forgetting_keys(redis_url, prefix, f"{prefix}-single"), Processes(ctx.log_dir) as procs:
         emulator_url = start_emulator(procs, "cluster-emulator")
         actions_port = free_port()
         endpoints = ctx.log_dir / "cluster-endpoints.yml"

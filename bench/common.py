@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import Dict, Iterator, List, Optional, Set
 
 import httpx
 
@@ -47,6 +48,26 @@ class Server:
     @property
     def webhook(self) -> str:
         return self.url + self.webhook_path
+
+
+@contextmanager
+def forgetting_keys(redis_url: Optional[str], *prefixes: str) -> Iterator[None]:
+    """On the way out, error or not, delete what a benchmark left under ``prefixes`` in Redis:
+    the dedup keys and sent markers expire only in a day, and the identity links never do."""
+    try:
+        yield
+    finally:
+        if redis_url is not None:
+            import redis
+
+            client = redis.Redis.from_url(redis_url)
+            try:
+                for prefix in prefixes:
+                    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+                    for start in range(0, len(keys), 1000):
+                        client.unlink(*keys[start : start + 1000])
+            finally:
+                client.close()
 
 
 def start_emulator(procs: Processes, name: str = "emulator") -> str:

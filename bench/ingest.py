@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from bench import bodies, profile, trace, wrk
-from bench.common import Context, Server, start_server
+from bench.common import Context, Server, forgetting_keys, start_server
 from bench.procs import ROOT, Processes, machine_busy
 from bench.report import Section, Table, Target
 from bench.stack import WHATIF_DIR
@@ -175,13 +175,14 @@ def run(ctx: Context) -> Section:
     runs["zapi-thread"] = Runs()
     prof: Optional[profile.Profile] = None
     batches: Optional[Busy] = None
-    with Processes(ctx.log_dir) as procs:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    # The servers stop first, then their keys go.
+    with forgetting_keys(redis_url, prefix), Processes(ctx.log_dir) as procs:
         servers = {
             name: start_server(procs, name, name=f"ingest-{name}", reply=False, wait=False)
             for name in ("bare", "zapi")
         }
         if redis_url is not None:
-            prefix = f"bench-{uuid.uuid4().hex[:8]}"
             servers["zapi-redis"] = start_server(
                 procs,
                 "zapi",
@@ -235,8 +236,6 @@ def run(ctx: Context) -> Section:
     bare, ours = runs["bare"], runs["zapi"]
     share = ours.rate / bare.rate
     cpu_share = bare.cpu_per_request / ours.cpu_per_request
-    if redis_url is not None:
-        _forget_bench_keys(redis_url, prefix)
     table = Table(
         ["handler", "requests/s per round", "requests/s (median)", "server CPU per request",
          "of it: event loop thread / other threads / writer process", "machine busy (2 cores)",
@@ -432,15 +431,3 @@ def _why(share: float, bare_us: float, ours_us: float, prof: Optional[profile.Pr
             "answers without queueing anything never pays."
         )
     return text + ": what is left of ours is what stands between this run and the target."
-
-
-def _forget_bench_keys(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
