@@ -139,6 +139,21 @@ def cluster(trained_model: Path, tmp_path: Path) -> Iterator[Cluster]:
     finally:
         for process in reversed(list(processes.values())):
             process.stop()
+        # The channel's keys (identity links never expire), the trackers and the locks.
+        forget_keys(redis_url, f"e2e-{unique}:", f"t{unique}", f"l{unique}")
+
+
+def forget_keys(redis_url: str, *prefixes: str) -> None:
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        for prefix in prefixes:
+            keys = list(client.scan_iter(f"{prefix}*", count=1000))
+            if keys:
+                client.unlink(*keys)
+    finally:
+        client.close()
 
 
 def run_conversations(cluster: Cluster, phones: List[str], turns: range, alive: List[int]) -> None:
