@@ -6,8 +6,12 @@
 - *Deduplication*, *numbered choices* and *sent markers*: keys with a TTL, so that any instance
   may receive any webhook, or the answer to another instance's menu.
 - *Failed sends*: one list shared by every instance.
+- *Identity links*: a hash per form of a customer (``who:``) and a set per conversation
+  (``forms:``), kept as long as the customer is, as Rasa's tracker store keeps the
+  conversation: one customer stays one conversation however long between messages.
 
-One async client serves all of it. Every entry expires or is removed: Redis stays bounded.
+One async client serves all of it. Every other entry expires or is removed: Redis grows with
+the customers, never with the messages.
 """
 
 from __future__ import annotations
