@@ -204,12 +204,12 @@ async def test_a_message_read_back_by_the_instance_that_kept_it_is_not_decoded_a
 
 
 async def test_a_message_read_back_before_its_scripts_answer_gets_its_conversation_from_the_entry(
-    delivery: RedisDelivery, monkeypatch: pytest.MonkeyPatch
+    delivery: RedisDelivery,
 ) -> None:
     # The webhook named the message and the script appended it, but this instance read the
     # entry before it read the script's answer: the message is here, its conversation not yet.
     message = _message(1, LID)
-    name = f"{delivery.stream.instance_id}:test"
+    name = f"{delivery._origin}:test"
     delivery._local[name] = message
     stream = delivery.stream
     await delivery.redis.xadd(
