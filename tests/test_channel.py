@@ -10,7 +10,7 @@ import threading
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import pytest
@@ -431,19 +431,36 @@ async def test_a_clean_stop_keeps_nothing(
     assert inbox_rows(tmp_path / "state.db") == 0
 
 
-async def test_with_redis_two_instances_answer_each_message_once_in_order(
-    make_harness: Callable[..., Any], callback: Load
-) -> None:
+@pytest.fixture
+def redis_prefix() -> Iterator[Tuple[str, str]]:
+    """Redis' URL and a prefix of this test's own, whose keys go once the test is over.
+
+    Asked for before ``make_harness``, it is torn down after it: once the channels are closed,
+    so that none of them writes a key again after the deletion.
+    """
+    import redis
+
     from tests.redis_server import ensure_redis
 
     url = ensure_redis()
     if url is None:
         pytest.skip("no Redis server: install redis-server (CI does)")
-    shared = {
-        "redis_url": url,
-        "redis_prefix": f"test-{uuid.uuid4().hex[:8]}",
-        "inbox_partitions": 2,
-    }
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    yield url, prefix
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
+
+
+async def test_with_redis_two_instances_answer_each_message_once_in_order(
+    redis_prefix: Tuple[str, str], make_harness: Callable[..., Any], callback: Load
+) -> None:
+    url, prefix = redis_prefix
+    shared = {"redis_url": url, "redis_prefix": prefix, "inbox_partitions": 2}
     a = await make_harness(**shared)
     b = await make_harness(**shared)
     base = callback("received_text")
@@ -463,12 +480,6 @@ async def test_with_redis_two_instances_answer_each_message_once_in_order(
     texts = [[m.text for m in a.agent.messages], [m.text for m in b.agent.messages]]
     # One instance owns this customer's partition: it answered everything, in order.
     assert sorted(texts, key=len) == [[], expected]
-    for harness in (a, b):
-        keys = [
-            k async for k in harness.channel.delivery.redis.scan_iter(f"{shared['redis_prefix']}:*")
-        ]
-        if keys:
-            await harness.channel.delivery.redis.delete(*keys)
 
 
 class TwoAnswerAgent(RecordingAgent):
