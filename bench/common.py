@@ -12,6 +12,7 @@ import httpx
 
 from bench.procs import PYTHON, Process, Processes, free_port
 from bench.server import CLIENT_TOKEN, INSTANCE_ID, INSTANCE_TOKEN
+from tests.redis_server import forget_keys
 
 WEBHOOK_TOKEN = "bench-webhook-token"
 
@@ -58,16 +59,7 @@ def forgetting_keys(redis_url: Optional[str], *prefixes: str) -> Iterator[None]:
         yield
     finally:
         if redis_url is not None:
-            import redis
-
-            client = redis.Redis.from_url(redis_url)
-            try:
-                for prefix in prefixes:
-                    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-                    for start in range(0, len(keys), 1000):
-                        client.unlink(*keys[start : start + 1000])
-            finally:
-                client.close()
+            forget_keys(redis_url, *(f"{prefix}:*" for prefix in prefixes))
 
 
 def start_emulator(procs: Processes, name: str = "emulator") -> str:

@@ -61,3 +61,18 @@ def ensure_redis() -> Optional[str]:
             return f"redis://127.0.0.1:{port}/0"
         time.sleep(0.1)
     return None
+
+
+def forget_keys(url: str, *patterns: str) -> None:
+    """Delete every key matching ``patterns`` (SCAN globs): what a test or benchmark left in a
+    Redis that others share. Identity links never expire, so nothing else would remove them."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for pattern in patterns:
+            keys = list(client.scan_iter(pattern, count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start : start + 1000])
+    finally:
+        client.close()

@@ -438,22 +438,14 @@ def redis_prefix() -> Iterator[Tuple[str, str]]:
     Asked for before ``make_harness``, it is torn down after it: once the channels are closed,
     so that none of them writes a key again after the deletion.
     """
-    import redis
-
-    from tests.redis_server import ensure_redis
+    from tests.redis_server import ensure_redis, forget_keys
 
     url = ensure_redis()
     if url is None:
         pytest.skip("no Redis server: install redis-server (CI does)")
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     yield url, prefix
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-        if keys:
-            client.unlink(*keys)
-    finally:
-        client.close()
+    forget_keys(url, f"{prefix}:*")
 
 
 async def test_with_redis_two_instances_answer_each_message_once_in_order(

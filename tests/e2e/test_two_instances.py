@@ -30,7 +30,7 @@ from tests.e2e.conftest import (
 from tests.e2e.figures import record, tally
 from tests.livesanic import free_port
 from tests.processes import BIN, Process
-from tests.redis_server import ensure_redis
+from tests.redis_server import ensure_redis, forget_keys
 
 pytestmark = pytest.mark.e2e
 
@@ -140,20 +140,7 @@ def cluster(trained_model: Path, tmp_path: Path) -> Iterator[Cluster]:
         for process in reversed(list(processes.values())):
             process.stop()
         # The channel's keys (identity links never expire), the trackers and the locks.
-        forget_keys(redis_url, f"e2e-{unique}:", f"t{unique}", f"l{unique}")
-
-
-def forget_keys(redis_url: str, *prefixes: str) -> None:
-    import redis as redis_sync
-
-    client = redis_sync.Redis.from_url(redis_url)
-    try:
-        for prefix in prefixes:
-            keys = list(client.scan_iter(f"{prefix}*", count=1000))
-            if keys:
-                client.unlink(*keys)
-    finally:
-        client.close()
+        forget_keys(redis_url, f"e2e-{unique}:*", f"t{unique}*", f"l{unique}*")
 
 
 def run_conversations(cluster: Cluster, phones: List[str], turns: range, alive: List[int]) -> None:
