@@ -10,7 +10,9 @@ Redis server is at hand. Every request carries a new messageId and sender.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from bench import bodies, profile, trace, wrk
 from bench.common import Context, Server, forgetting_keys, start_server
-from bench.procs import ROOT, Processes, machine_busy
+from bench.procs import PYTHON, ROOT, Processes, machine_busy
 from bench.report import Section, Table, Target
 from bench.stack import WHATIF_DIR
 from bench.stats import median, rate, ratio
@@ -35,7 +37,18 @@ LABELS = {
     "zapi-redis": "ZApiInput (ours), Redis delivery (redis_url), no-op agent",
     "zapi-memory": "what-if: ZApiInput with the inbox in memory, nothing durable, no-op agent",
     "zapi-thread": "what-if: embedded, the file written by a thread (the previous design)",
+    "zapi-wait": "what-if: the inbox in memory, each webhook waiting 1 ms first as for a commit",
+    "zapi-idle": "what-if: embedded, the writer process running no SQL (the hand-over only)",
+    "zapi-busy": "what-if: as the one above, the writer spinning 100 µs of CPU per message",
 }
+#: The what-ifs beside the real channel: their server names and ``bench/whatif`` modes.
+WHAT_IFS = (
+    ("zapi-memory", "memory-inbox"),
+    ("zapi-thread", "state-thread"),
+    ("zapi-wait", "commit-wait"),
+    ("zapi-idle", "writer-idle"),
+    ("zapi-busy", "writer-busy"),
+)
 
 
 @dataclass
@@ -110,6 +123,10 @@ def _durable_why(
     thread: Runs,
     redis: Optional[Runs],
     batches: Optional[Busy],
+    wait: Runs,
+    idle: Runs,
+    busy: Runs,
+    crossing: Optional[float],
 ) -> str:
     loop_kept = median(embedded.loop_us) - median(memory.loop_us)
     loop_busy = median(embedded.loop_us) * embedded.rate / 1e6
@@ -145,6 +162,37 @@ def _durable_why(
         "the thread, synchronous=NORMAL for every commit, and single statements over a JSON "
         "array (json_each): none moved the throughput."
     ]
+    # From the in-memory path to ours, one change at a time, each measured in the same rounds.
+    steps = [
+        ("each webhook first waits 1 ms for a timer that a loop iteration's webhooks share, "
+         "as they share a commit", memory, wait),
+        ("every message crosses to the writer process and its answer comes back, as ours, "
+         "the writer running no SQL", memory, idle),
+        ("the writer spends 100 µs of CPU on each message (no file, little memory)", idle,
+         busy),
+        ("the writer runs the real SQL and commits: ours", idle, embedded),
+    ]  # fmt: skip
+    parts.append(
+        "The same cost in steps, each a what-if measured in the same rounds (the change in the "
+        "event loop's CPU per request, then the writer's CPU per request and the throughput "
+        f"against bare; the in-memory path: {median(memory.loop_us):.0f} µs on the loop, "
+        f"{memory.rate / bare.rate:.0%}): "
+        + "; ".join(
+            f"{what}, {median(after.loop_us) - median(before.loop_us):+.0f} µs "
+            f"({median(after.writer_us):.0f} µs, {after.rate / bare.rate:.0%})"
+            for what, before, after in steps
+        )
+        + ". Between runs on this machine a server's CPU per request moves by 20 to 30%, so a "
+        "step smaller than about 30 µs is within the noise."
+        + (
+            f" Measured apart (`bench/crossing.py`), with nothing else running, one message's "
+            f"crossing costs the event loop {crossing:.1f} µs with {CONNECTIONS} webhooks "
+            "waiting: queueing and pickling the operations, the frames each way, waking the "
+            "webhook."
+            if crossing is not None
+            else ""
+        )
+    )
     if redis is not None:
         parts.append(
             f"Redis costs {redis.cpu_per_request - memory.cpu_per_request:.0f} µs more per "
@@ -171,8 +219,8 @@ def run(ctx: Context) -> Section:
     redis_url = ensure_redis()
     if redis_url is not None:
         runs["zapi-redis"] = Runs()
-    runs["zapi-memory"] = Runs()
-    runs["zapi-thread"] = Runs()
+    for name, _ in WHAT_IFS:
+        runs[name] = Runs()
     prof: Optional[profile.Profile] = None
     batches: Optional[Busy] = None
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -192,9 +240,10 @@ def run(ctx: Context) -> Section:
                 extra=["--redis-url", redis_url, "--redis-prefix", prefix],
             )
         # What-ifs beside the real channel, in the same rounds: the previous release's path
-        # (what durability costs on this machine) and the design before the writer process
-        # (what the process changes here).
-        for name, mode in (("zapi-memory", "memory-inbox"), ("zapi-thread", "state-thread")):
+        # (what durability costs on this machine), the design before the writer process (what
+        # the process changes here), and two steps between the first and ours: the wait alone,
+        # then the hand-over to the writer without its SQL.
+        for name, mode in WHAT_IFS:
             servers[name] = start_server(
                 procs,
                 "zapi",
@@ -232,6 +281,7 @@ def run(ctx: Context) -> Section:
         trace.take(zapi)
         traced, _ = load(ctx, zapi, first=first + 1_000_000, seconds=seconds)
         batches = Busy.of(trace.take(zapi), traced)
+    crossing = _crossing(ctx)
 
     bare, ours = runs["bare"], runs["zapi"]
     share = ours.rate / bare.rate
@@ -303,7 +353,16 @@ the steadier estimate of what our channel costs.
             + f"; the in-memory path itself, in this run: {memory_share:.0%}",
             met=all(value >= MEMORY_PATH_SHARE for _, value in durable),
             why=_durable_why(
-                bare, ours, memory, runs["zapi-thread"], runs.get("zapi-redis"), batches
+                bare,
+                ours,
+                memory,
+                runs["zapi-thread"],
+                runs.get("zapi-redis"),
+                batches,
+                runs["zapi-wait"],
+                runs["zapi-idle"],
+                runs["zapi-busy"],
+                crossing,
             ),
         )
     )
@@ -327,6 +386,22 @@ the steadier estimate of what our channel costs.
         section.notes.append("py-spy could not attach to the server: no profile this time.")
     section.seconds = time.monotonic() - began
     return section
+
+
+def _crossing(ctx: Context) -> Optional[float]:
+    """The event loop's CPU per operation crossing to a writer process (bench/crossing.py),
+    in µs, in a process of its own once the servers are gone; None if it failed."""
+    with Processes(ctx.log_dir) as procs:
+        child = procs.start("crossing", [PYTHON, "-m", "bench.crossing", str(ctx.log_dir)])
+        try:
+            child.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        last = child.log_path.read_text().strip().splitlines()[-1]
+        return float(json.loads(last)["loop_us"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
