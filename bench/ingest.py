@@ -199,9 +199,10 @@ def _durable_why(
         parts.append(
             f"So most of what the loop pays here comes with the crossing ({crossed:.0f} µs in "
             f"this run), several times what the crossing's own code costs ({crossing:.1f} µs), "
-            "while the wait alone costs nothing like it. The rest is not the crossing's code, "
-            "then, but what comes with a second process beside the loop on two cores: the loop "
-            "wakes it and is woken by it at every batch, and it takes turns with wrk on a core."
+            "while the wait alone costs nothing like it. The step is too large for the "
+            "crossing's code alone: it also carries what comes with a second process beside the "
+            "loop on two cores, which the loop wakes and is woken by at every batch, and which "
+            "takes turns with wrk on a core."
         )
     if redis is not None:
         parts.append(
@@ -260,8 +261,8 @@ def run(ctx: Context) -> Section:
             )
         # What-ifs beside the real channel, in the same rounds: the previous release's path
         # (what durability costs on this machine), the design before the writer process (what
-        # the process changes here), and two steps between the first and ours: the wait alone,
-        # then the hand-over to the writer without its SQL.
+        # the process changes here), and steps between the first and ours: the wait alone, the
+        # hand-over to a writer that runs no SQL, the same writer spending CPU.
         for name, mode in WHAT_IFS:
             servers[name] = start_server(
                 procs,
